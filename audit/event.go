@@ -1,0 +1,50 @@
+// Package audit records one event per proxied request and per admin action,
+// through an async pipeline into its sinks (log, store, Redis stream).
+package audit
+
+import "time"
+
+// Event types.
+const (
+	TypeAPIRequest  = "api.request"
+	TypeAuthFailed  = "auth.failed"
+	TypeKeyCreated  = "key.created"
+	TypeKeyUpdated  = "key.updated"
+	TypeKeyRevoked  = "key.revoked"
+	TypeUserUpdated = "user.updated"
+	TypeTeamUpdated = "team.updated"
+)
+
+// Outcomes of an api.request or auth.failed event.
+const (
+	OutcomeAllowed       = "allowed"
+	OutcomeRateLimited   = "rate_limited"
+	OutcomeUpstreamError = "upstream_error"
+	OutcomeInvalidKey    = "invalid_key"
+	OutcomeMissingKey    = "missing_key"
+	OutcomeInactiveTeam  = "subscription_inactive"
+	OutcomeUnavailable   = "auth_unavailable"
+	OutcomeSuccess       = "success" // admin actions
+)
+
+// Event is the one shape every sink writes and the query API returns.
+// Fields that do not apply are omitted. It never holds a full key or token.
+type Event struct {
+	ID         string    `json:"id"`
+	Time       time.Time `json:"time"`
+	Type       string    `json:"type"`
+	RequestID  string    `json:"request_id,omitempty"`
+	KeyID      string    `json:"key_id,omitempty"`
+	KeyStart   string    `json:"key_start,omitempty"`
+	UserID     string    `json:"user_id,omitempty"`
+	TeamID     string    `json:"team_id,omitempty"`
+	Role       string    `json:"role,omitempty"`
+	Actor      string    `json:"actor,omitempty"`
+	Method     string    `json:"method,omitempty"`
+	Path       string    `json:"path,omitempty"`
+	Status     int       `json:"status,omitempty"`
+	DurationMS float64   `json:"duration_ms,omitempty"`
+	ClientIP   string    `json:"client_ip,omitempty"`
+	UserAgent  string    `json:"user_agent,omitempty"`
+	Outcome    string    `json:"outcome,omitempty"`
+}

@@ -1,0 +1,146 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store returns; callers match them with errors.Is.
+var (
+	ErrNotFound        = errors.New("keystore: not found")
+	ErrKeyLimitReached = errors.New("keystore: active key limit reached for team")
+	ErrTeamInactive    = errors.New("keystore: team subscription inactive")
+	ErrUnavailable     = errors.New("keystore: store unavailable")
+	ErrConflict        = errors.New("keystore: conflict")
+)
+
+// User is a Wevion user as keyproxy knows it. A user belongs to one team.
+type User struct {
+	ID        string    `json:"id"`
+	TeamID    string    `json:"team_id"`
+	Role      string    `json:"role"`
+	Active    bool      `json:"active"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Team carries the subscription state.
+type Team struct {
+	ID        string    `json:"id"`
+	Active    bool      `json:"active"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Key is a stored key: never the key itself, only its hash and display start.
+// Role is the owner's current role, joined from the user at read time.
+type Key struct {
+	ID         string
+	Hash       Hash
+	Start      string
+	Name       string
+	UserID     string
+	TeamID     string
+	Role       string
+	CreatedAt  time.Time
+	ExpiresAt  *time.Time
+	RevokedAt  *time.Time
+	LastUsedAt *time.Time
+}
+
+// NewKey is what CreateKey stores. The caller generates ID and Hash.
+type NewKey struct {
+	ID        string
+	Hash      Hash
+	Start     string
+	Name      string
+	UserID    string
+	TeamID    string
+	Role      string // the creating user's current role; upserted onto the user
+	CreatedAt time.Time
+	ExpiresAt *time.Time
+	// MaxActivePerTeam bounds the team's active (unrevoked, unexpired) keys.
+	MaxActivePerTeam int
+}
+
+// KeyUpdate changes a key's name and/or end. A nil field is left alone;
+// ClearExpiry removes expires_at.
+type KeyUpdate struct {
+	Name        *string
+	ExpiresAt   *time.Time
+	ClearExpiry bool
+}
+
+// KeyFilter selects keys of one team.
+type KeyFilter struct {
+	TeamID         string
+	UserID         string
+	IncludeRevoked bool
+}
+
+// Identity is what a key resolves to at request time: the key plus its
+// owner's current role and the states that decide admission.
+type Identity struct {
+	KeyID      string
+	UserID     string
+	TeamID     string
+	Role       string
+	UserActive bool
+	TeamActive bool
+	// SameTeam is false when the owner moved to another team after the key
+	// was made: such a key never follows its owner.
+	SameTeam  bool
+	Revoked   bool
+	ExpiresAt time.Time // zero: never
+}
+
+// Status is the admission verdict of an identity at instant now.
+type Status int
+
+const (
+	StatusValid        Status = iota
+	StatusInvalid             // revoked, expired, owner deactivated or moved: 401
+	StatusTeamInactive        // 403 subscription_inactive
+)
+
+// Check decides admission. Revocation, expiry, owner state and team moves
+// all answer the same StatusInvalid so clients cannot enumerate.
+func (id Identity) Check(now time.Time) Status {
+	switch {
+	case id.Revoked, !id.UserActive, !id.SameTeam:
+		return StatusInvalid
+	case !id.ExpiresAt.IsZero() && !now.Before(id.ExpiresAt):
+		return StatusInvalid
+	case !id.TeamActive:
+		return StatusTeamInactive
+	}
+	return StatusValid
+}
+
+// Store is the store of record. SQLite and PostgreSQL implement it and pass
+// the same contract suite (storetest).
+type Store interface {
+	// CreateKey upserts the user (team, role; active unchanged for an
+	// existing user, true for a new one) and the team (active if new), then
+	// inserts the key, in one transaction that enforces MaxActivePerTeam.
+	// Errors: ErrTeamInactive, ErrKeyLimitReached, ErrConflict (id or hash).
+	CreateKey(ctx context.Context, k NewKey) (Key, error)
+	GetKey(ctx context.Context, id string) (Key, error)
+	// ListKeys returns keys newest first.
+	ListKeys(ctx context.Context, f KeyFilter) ([]Key, error)
+	UpdateKey(ctx context.Context, id string, u KeyUpdate) (Key, error)
+	// RevokeKey sets revoked_at once; revoking again returns the key as is.
+	RevokeKey(ctx context.Context, id string, at time.Time) (Key, error)
+	// PutUser creates or replaces a user and returns it with the hashes of
+	// every key it owns, so caches can evict them.
+	PutUser(ctx context.Context, u User) (User, []Hash, error)
+	// PutTeam creates or replaces a team and returns the hashes of its keys.
+	PutTeam(ctx context.Context, t Team) (Team, []Hash, error)
+	// Resolve returns the identity of a key hash, ErrNotFound if unknown.
+	Resolve(ctx context.Context, h Hash) (Identity, error)
+	// TouchKeys records last use times in one batch; later times win.
+	TouchKeys(ctx context.Context, used map[string]time.Time) error
+	// CountActiveKeys counts unrevoked, unexpired keys (for metrics).
+	CountActiveKeys(ctx context.Context) (int64, error)
+	Ping(ctx context.Context) error
+	Close() error
+}

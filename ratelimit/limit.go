@@ -1,0 +1,32 @@
+// Package ratelimit applies the web interface's per-role policies to API
+// calls, counted per user across all of that user's keys.
+package ratelimit
+
+import (
+	"fmt"
+	"time"
+)
+
+// Limit is one policy: Requests per Per on average, with bursts up to Burst.
+type Limit struct {
+	Requests int           `mapstructure:"requests"`
+	Per      time.Duration `mapstructure:"per"`
+	Burst    int           `mapstructure:"burst"`
+}
+
+func (l Limit) String() string {
+	return fmt.Sprintf("%d req/%s (burst %d)", l.Requests, l.Per, l.Burst)
+}
+
+// Result is the decision for one request.
+type Result struct {
+	Allowed bool
+	Limit   Limit
+	// Remaining is how many requests could be admitted right now.
+	Remaining int
+	// RetryAfter is how long until the next request can be admitted; zero
+	// when Allowed.
+	RetryAfter time.Duration
+	// ResetAfter is how long until the bucket is full again.
+	ResetAfter time.Duration
+}
