@@ -5,6 +5,7 @@ package problem
 import (
 	"net/http"
 	"strconv"
+	"unicode/utf8"
 )
 
 // TypeBase prefixes every problem type URI; the code completes it.
@@ -34,20 +35,42 @@ func Write(w http.ResponseWriter, p Problem) {
 // AppendJSON appends the problem's JSON encoding to b.
 func (p Problem) AppendJSON(b []byte) []byte {
 	b = append(b, `{"type":`...)
-	b = strconv.AppendQuote(b, TypeBase+p.Code)
+	b = appendString(b, TypeBase+p.Code)
 	b = append(b, `,"title":`...)
-	b = strconv.AppendQuote(b, p.Title)
+	b = appendString(b, p.Title)
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(p.Status), 10)
 	if p.Detail != "" {
 		b = append(b, `,"detail":`...)
-		b = strconv.AppendQuote(b, p.Detail)
+		b = appendString(b, p.Detail)
 	}
 	b = append(b, `,"code":`...)
-	b = strconv.AppendQuote(b, p.Code)
+	b = appendString(b, p.Code)
 	if p.RequestID != "" {
 		b = append(b, `,"request_id":`...)
-		b = strconv.AppendQuote(b, p.RequestID)
+		b = appendString(b, p.RequestID)
 	}
 	return append(b, "}\n"...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Control characters and invalid
+// UTF-8 are escaped so no input can break the document.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b = append(b, '\\', byte(r))
+		case r < 0x20 || r == utf8.RuneError || r == 0x2028 || r == 0x2029:
+			if r == utf8.RuneError {
+				r = 0xfffd
+			}
+			b = append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
+		default:
+			b = utf8.AppendRune(b, r)
+		}
+	}
+	return append(b, '"')
 }
