@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"unsafe"
 )
 
 const (
@@ -31,7 +32,13 @@ type Hash [sha256.Size]byte
 func (h Hash) String() string { return hex.EncodeToString(h[:]) }
 
 // HashKey hashes a full key.
-func HashKey(key string) Hash { return sha256.Sum256([]byte(key)) }
+func HashKey(key string) Hash { return sha256.Sum256(readOnlyBytes(key)) }
+
+// readOnlyBytes views s as bytes without copying. Keys are longer than the
+// compiler's 32-byte stack buffer, so []byte(key) would cost a heap
+// allocation per request; sha256 and crc32 only read their input and keep
+// no reference to it, which is the one use this view is for.
+func readOnlyBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 // base62Index maps a byte to its base62 digit value, or 0xff.
 var base62Index = func() (t [256]byte) {
@@ -105,7 +112,7 @@ func (f Format) Valid(key string) bool {
 		}
 	}
 	var want [checksumLen]byte
-	putChecksum(want[:], crc32.ChecksumIEEE([]byte(key[:len(f.prefix)+randomLen])))
+	putChecksum(want[:], crc32.ChecksumIEEE(readOnlyBytes(key[:len(f.prefix)+randomLen])))
 	return string(want[:]) == key[len(f.prefix)+randomLen:]
 }
 
