@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs keyproxy's whole test suite on a fresh Debian machine with Go:
+# installs redis-server and PostgreSQL when missing, starts a private
+# PostgreSQL cluster for the run (unless KEYPROXY_TEST_POSTGRES_DSN names
+# one), then runs `go test -race ./...` and a short pass of every fuzz target.
+# The tests start their own redis-server processes on free ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME="${FUZZTIME:-3s}"
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+pg_bin=""
+find_pg_bin() { pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"; }
+find_pg_bin
+if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" && ( -z "$pg_bin" || ! -x "$pg_bin/initdb" ) ]]; then
+	need_apt+=(postgresql)
+fi
+if ((${#need_apt[@]})); then
+	echo "test.sh: installing ${need_apt[*]}"
+	if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+	find_pg_bin
+fi
+
+pg_dir=""
+cleanup() {
+	if [[ -n "$pg_dir" ]]; then
+		run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+		rm -rf "$pg_dir"
+	fi
+}
+trap cleanup EXIT
+
+# PostgreSQL refuses to run as root; run it as the postgres user then.
+run_pg() {
+	if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" ]]; then
+	pg_dir="$(mktemp -d /tmp/keyproxy-pg.XXXXXX)"
+	chmod 755 "$pg_dir"
+	[[ $(id -u) -eq 0 ]] && chown postgres "$pg_dir"
+	pg_port=""
+	for _ in $(seq 50); do
+		p=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then pg_port=$p; break; fi
+	done
+	[[ -n "$pg_port" ]] || { echo "test.sh: no free port for PostgreSQL" >&2; exit 1; }
+	run_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+	run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
+		-o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300" start >/dev/null
+	run_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE DATABASE test" >/dev/null
+	export KEYPROXY_TEST_POSTGRES_DSN="postgres://postgres@127.0.0.1:$pg_port/test?sslmode=disable"
+	echo "test.sh: private PostgreSQL on 127.0.0.1:$pg_port"
+fi
+
+go vet ./...
+go test -race -count=1 -timeout 12m ./...
+
+# A short pass of every fuzz target (go test -fuzz takes one target at a time).
+grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
+	pkg="./$(dirname "${f#./}")"
+	grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | sed 's/^func //' | while read -r target; do
+		echo "fuzz $pkg $target ($FUZZTIME)"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/dev/null
+	done
+done
+echo "test.sh: all tests and fuzz passes OK"
