@@ -11,8 +11,10 @@ var (
 	ErrNotFound        = errors.New("keystore: not found")
 	ErrKeyLimitReached = errors.New("keystore: active key limit reached for team")
 	ErrTeamInactive    = errors.New("keystore: team subscription inactive")
-	ErrUnavailable     = errors.New("keystore: store unavailable")
-	ErrConflict        = errors.New("keystore: conflict")
+	// ErrUnavailable marks failures another try could cure (locked, busy,
+	// closed or unreachable store); callers fail closed on it.
+	ErrUnavailable = errors.New("keystore: store unavailable")
+	ErrConflict    = errors.New("keystore: conflict")
 )
 
 // User is a Wevion user as keyproxy knows it. A user belongs to one team.
@@ -45,6 +47,11 @@ type Key struct {
 	ExpiresAt  *time.Time
 	RevokedAt  *time.Time
 	LastUsedAt *time.Time
+	// EvictHashes is set only by CreateKey: the hashes of the owner's other
+	// unrevoked keys when this create moved the owner to another team or
+	// changed their role. Their cached identities are stale; evict them as
+	// PutUser's hashes.
+	EvictHashes []Hash
 }
 
 // NewKey is what CreateKey stores. The caller generates ID and Hash.
@@ -59,6 +66,7 @@ type NewKey struct {
 	CreatedAt time.Time
 	ExpiresAt *time.Time
 	// MaxActivePerTeam bounds the team's active (unrevoked, unexpired) keys.
+	// It must be positive: a forgotten bound is an error, not "unlimited".
 	MaxActivePerTeam int
 }
 
@@ -70,7 +78,8 @@ type KeyUpdate struct {
 	ClearExpiry bool
 }
 
-// KeyFilter selects keys of one team.
+// KeyFilter selects keys of one team. TeamID is required; UserID narrows
+// to one owner; revoked keys are left out unless IncludeRevoked.
 type KeyFilter struct {
 	TeamID         string
 	UserID         string
@@ -123,24 +132,34 @@ type Store interface {
 	// existing user, true for a new one) and the team (active if new), then
 	// inserts the key, in one transaction that enforces MaxActivePerTeam.
 	// Errors: ErrTeamInactive, ErrKeyLimitReached, ErrConflict (id or hash).
+	// A zero CreatedAt means now. The returned key carries EvictHashes.
 	CreateKey(ctx context.Context, k NewKey) (Key, error)
+	// GetKey returns one key, ErrNotFound if the id is unknown.
 	GetKey(ctx context.Context, id string) (Key, error)
 	// ListKeys returns keys newest first.
 	ListKeys(ctx context.Context, f KeyFilter) ([]Key, error)
+	// UpdateKey applies u and returns the key, ErrNotFound if unknown.
 	UpdateKey(ctx context.Context, id string, u KeyUpdate) (Key, error)
 	// RevokeKey sets revoked_at once; revoking again returns the key as is.
+	// ErrNotFound if the id is unknown; a zero at means now.
 	RevokeKey(ctx context.Context, id string, at time.Time) (Key, error)
 	// PutUser creates or replaces a user and returns it with the hashes of
-	// every key it owns, so caches can evict them.
+	// every unrevoked key it owns, so caches can evict them (revoked keys are
+	// refused whatever a cache says). A team the store has not seen is
+	// created active. A zero UpdatedAt means now.
 	PutUser(ctx context.Context, u User) (User, []Hash, error)
-	// PutTeam creates or replaces a team and returns the hashes of its keys.
+	// PutTeam creates or replaces a team and returns the hashes of its
+	// unrevoked keys. A zero UpdatedAt means now.
 	PutTeam(ctx context.Context, t Team) (Team, []Hash, error)
 	// Resolve returns the identity of a key hash, ErrNotFound if unknown.
 	Resolve(ctx context.Context, h Hash) (Identity, error)
-	// TouchKeys records last use times in one batch; later times win.
+	// TouchKeys records last use times in one batch; later times win and
+	// unknown ids are ignored.
 	TouchKeys(ctx context.Context, used map[string]time.Time) error
 	// CountActiveKeys counts unrevoked, unexpired keys (for metrics).
 	CountActiveKeys(ctx context.Context) (int64, error)
+	// Ping checks the store answers.
 	Ping(ctx context.Context) error
+	// Close releases the store; later calls fail with ErrUnavailable.
 	Close() error
 }

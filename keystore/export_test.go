@@ -1,0 +1,4 @@
+package keystore
+
+// OpenSQLiteBusyTimeout lets tests see lock timeouts without waiting 5 s.
+var OpenSQLiteBusyTimeout = openSQLite

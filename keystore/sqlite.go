@@ -1,0 +1,283 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// DefaultSQLiteBusyTimeout is how long a write waits for another writer
+// (this process or another) before the store reports ErrUnavailable.
+const DefaultSQLiteBusyTimeout = 5 * time.Second
+
+// SQLite is the embedded single-node Store: one database file in WAL mode.
+type SQLite struct {
+	db     *sql.DB
+	closed atomic.Bool
+}
+
+var _ Store = (*SQLite)(nil)
+
+// OpenSQLite opens (creating if needed) the database file at path and
+// applies the schema migrations.
+func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	return openSQLite(ctx, path, DefaultSQLiteBusyTimeout)
+}
+
+func openSQLite(ctx context.Context, path string, busyTimeout time.Duration) (*SQLite, error) {
+	// The driver reads parameters after the first '?', and SQLite's URI
+	// parser gives meaning to '#' and ":memory:" (a private database per
+	// pooled connection): refuse them rather than open the wrong file.
+	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, "file:") || path == ":memory:" {
+		return nil, fmt.Errorf("keystore: sqlite path %q must be a plain file path", path)
+	}
+	// _txlock=immediate makes every transaction take the write lock at BEGIN:
+	// CreateKey's count and insert are then serialised across connections and
+	// processes, and a deferred read lock can never fail to upgrade.
+	dsn := path + "?_txlock=immediate" +
+		"&_busy_timeout=" + strconv.FormatInt(busyTimeout.Milliseconds(), 10) +
+		"&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
+	}
+	// Writers queue in database/sql rather than spin in SQLite's busy
+	// handler; readers still run concurrently under WAL.
+	db.SetMaxOpenConns(8)
+	db.SetMaxIdleConns(8)
+	s := &SQLite{db: db}
+	if err := s.Ping(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
+	}
+	if err := s.Migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// DB exposes the connection pool so another package (audit) can keep its
+// own tables in the same file. Its transactions are immediate too.
+func (s *SQLite) DB() *sql.DB { return s.db }
+
+// Ping checks that the file can be read.
+func (s *SQLite) Ping(ctx context.Context) error {
+	var one int
+	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
+		return s.wrap("ping", err)
+	}
+	return nil
+}
+
+// Close closes the pool; later calls fail with ErrUnavailable.
+func (s *SQLite) Close() error {
+	s.closed.Store(true)
+	return s.db.Close()
+}
+
+// PutUser creates or replaces the user (creating its team, active, if the
+// store has never seen it) and returns the hashes of the user's unrevoked keys.
+func (s *SQLite) PutUser(ctx context.Context, u User) (User, []Hash, error) {
+	if u.ID == "" || u.TeamID == "" {
+		return User{}, nil, errors.New("keystore: user needs an id and a team id")
+	}
+	u.UpdatedAt = stamp(u.UpdatedAt)
+	var hashes []Hash
+	err := s.inTx(ctx, "put user", func(tx *sql.Tx) error {
+		if err := ensureTeam(ctx, tx, u.TeamID, u.UpdatedAt); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO users (id, team_id, role, active, updated_at)
+			VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET team_id = excluded.team_id, role = excluded.role,
+				active = excluded.active, updated_at = excluded.updated_at`,
+			u.ID, u.TeamID, u.Role, u.Active, nanos(u.UpdatedAt)); err != nil {
+			return err
+		}
+		var err error
+		hashes, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, u.ID)
+		return err
+	})
+	if err != nil {
+		return User{}, nil, err
+	}
+	return u, hashes, nil
+}
+
+// PutTeam creates or replaces the team and returns the hashes of its
+// unrevoked keys.
+func (s *SQLite) PutTeam(ctx context.Context, t Team) (Team, []Hash, error) {
+	if t.ID == "" {
+		return Team{}, nil, errors.New("keystore: team needs an id")
+	}
+	t.UpdatedAt = stamp(t.UpdatedAt)
+	var hashes []Hash
+	err := s.inTx(ctx, "put team", func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO teams (id, active, updated_at) VALUES (?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET active = excluded.active, updated_at = excluded.updated_at`,
+			t.ID, t.Active, nanos(t.UpdatedAt)); err != nil {
+			return err
+		}
+		var err error
+		hashes, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE team_id = ? AND revoked_at IS NULL`, t.ID)
+		return err
+	})
+	if err != nil {
+		return Team{}, nil, err
+	}
+	return t, hashes, nil
+}
+
+// TouchKeys records last use times in one transaction; an earlier time
+// never overwrites a later one, and unknown ids are ignored.
+func (s *SQLite) TouchKeys(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	return s.inTx(ctx, "touch keys", func(tx *sql.Tx) error {
+		stmt, err := tx.PrepareContext(ctx, `UPDATE keys SET last_used_at = ?1
+			WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?1)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for id, at := range used {
+			if _, err := stmt.ExecContext(ctx, nanos(at), id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// CountActiveKeys counts unrevoked, unexpired keys across all teams.
+func (s *SQLite) CountActiveKeys(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM keys
+		WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`,
+		time.Now().UnixNano()).Scan(&n)
+	if err != nil {
+		return 0, s.wrap("count active keys", err)
+	}
+	return n, nil
+}
+
+// inTx runs fn in one immediate transaction and maps its error.
+func (s *SQLite) inTx(ctx context.Context, op string, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return s.wrap(op, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.wrap(op, err)
+	}
+	return nil
+}
+
+// wrap passes the package's sentinel errors through and marks the failures
+// a retry elsewhere or later could cure as ErrUnavailable.
+func (s *SQLite) wrap(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrConflict), errors.Is(err, ErrKeyLimitReached),
+		errors.Is(err, ErrTeamInactive), errors.Is(err, ErrUnavailable):
+		return err
+	case s.closed.Load(), errors.Is(err, driver.ErrBadConn), errors.Is(err, sql.ErrConnDone):
+		return fmt.Errorf("keystore: sqlite %s: %w: %w", op, ErrUnavailable, err)
+	}
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() & 0xff {
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN,
+			sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_PROTOCOL:
+			return fmt.Errorf("keystore: sqlite %s: %w: %w", op, ErrUnavailable, err)
+		}
+	}
+	return fmt.Errorf("keystore: sqlite %s: %w", op, err)
+}
+
+func isUniqueViolation(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) &&
+		(se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+// ensureTeam creates a team the store has never seen, active: a team
+// exists in Wevion before anyone can act for it.
+func ensureTeam(ctx context.Context, tx *sql.Tx, id string, now time.Time) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO teams (id, active, updated_at) VALUES (?, 1, ?)
+		ON CONFLICT (id) DO NOTHING`, id, nanos(now))
+	return err
+}
+
+func queryHashes(ctx context.Context, tx *sql.Tx, query string, arg string) ([]Hash, error) {
+	rows, err := tx.QueryContext(ctx, query, arg)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var hashes []Hash
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		h, err := hashFromBytes(b)
+		if err != nil {
+			return nil, err
+		}
+		hashes = append(hashes, h)
+	}
+	return hashes, rows.Err()
+}
+
+func hashFromBytes(b []byte) (Hash, error) {
+	var h Hash
+	if len(b) != len(h) {
+		return h, fmt.Errorf("keystore: stored hash has %d bytes", len(b))
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+// stamp defaults a caller's time to now and normalises it to UTC.
+func stamp(t time.Time) time.Time {
+	if t.IsZero() {
+		t = time.Now()
+	}
+	return t.UTC()
+}
+
+func nanos(t time.Time) int64 { return t.UnixNano() }
+
+func nullNanos(t *time.Time) sql.NullInt64 {
+	if t == nil {
+		return sql.NullInt64{}
+	}
+	return sql.NullInt64{Int64: t.UnixNano(), Valid: true}
+}
+
+func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func fromNullNanos(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromNanos(n.Int64)
+	return &t
+}

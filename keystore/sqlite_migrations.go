@@ -1,0 +1,101 @@
+package keystore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// sqliteMigration is one schema step. Steps are append-only: a released
+// step is never edited, a change is a new step.
+type sqliteMigration struct {
+	version int
+	name    string
+	stmts   []string
+}
+
+// Times are INTEGER unix nanoseconds in UTC: they sort and compare in SQL
+// without parsing, and round-trip exactly.
+var sqliteMigrations = []sqliteMigration{
+	{1, "teams, users, keys", []string{
+		`CREATE TABLE teams (
+			id         TEXT PRIMARY KEY,
+			active     INTEGER NOT NULL,
+			updated_at INTEGER NOT NULL
+		)`,
+		`CREATE TABLE users (
+			id         TEXT PRIMARY KEY,
+			team_id    TEXT NOT NULL REFERENCES teams(id),
+			role       TEXT NOT NULL,
+			active     INTEGER NOT NULL,
+			updated_at INTEGER NOT NULL
+		)`,
+		`CREATE TABLE keys (
+			id           TEXT PRIMARY KEY,
+			hash         BLOB NOT NULL UNIQUE,
+			start        TEXT NOT NULL,
+			name         TEXT NOT NULL,
+			user_id      TEXT NOT NULL REFERENCES users(id),
+			team_id      TEXT NOT NULL REFERENCES teams(id),
+			created_at   INTEGER NOT NULL,
+			expires_at   INTEGER,
+			revoked_at   INTEGER,
+			last_used_at INTEGER
+		)`,
+		// Team listing (newest first) and the per-team active count.
+		`CREATE INDEX keys_team_created ON keys (team_id, created_at DESC)`,
+		// PutUser returns the hashes of a user's keys.
+		`CREATE INDEX keys_user ON keys (user_id)`,
+		// Hash lookup is served by the UNIQUE constraint's index.
+	}},
+}
+
+// Migrate brings the schema up to date. It is idempotent and safe to run
+// from several processes at once: each pass runs in one immediate
+// transaction, so a second opener waits and then finds nothing to do.
+// Versions this binary does not know (a newer binary migrated the file) are
+// left alone, as steps are additive.
+func (s *SQLite) Migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version    INTEGER PRIMARY KEY,
+		name       TEXT NOT NULL,
+		applied_at INTEGER NOT NULL
+	)`); err != nil {
+		return s.wrap("creating schema_migrations", err)
+	}
+	return s.inTx(ctx, "migrating", func(tx *sql.Tx) error {
+		applied := make(map[int]bool)
+		rows, err := tx.QueryContext(ctx, `SELECT version FROM schema_migrations`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var v int
+			if err := rows.Scan(&v); err != nil {
+				rows.Close()
+				return err
+			}
+			applied[v] = true
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		for _, m := range sqliteMigrations {
+			if applied[m.version] {
+				continue
+			}
+			for _, stmt := range m.stmts {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("migration %d (%s): %w", m.version, m.name, err)
+				}
+			}
+			if _, err := tx.ExecContext(ctx,
+				`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
+				m.version, m.name, time.Now().UnixNano()); err != nil {
+				return fmt.Errorf("recording migration %d: %w", m.version, err)
+			}
+		}
+		return nil
+	})
+}
