@@ -1,5 +1,3 @@
-// Package ratelimit applies the web interface's per-role policies to API
-// calls, counted per user across all of that user's keys.
 package ratelimit
 
 import (
@@ -8,6 +6,8 @@ import (
 )
 
 // Limit is one policy: Requests per Per on average, with bursts up to Burst.
+// As a token bucket: the bucket holds Burst tokens and refills at
+// Requests/Per tokens per second; each admitted request takes one token.
 type Limit struct {
 	Requests int           `mapstructure:"requests"`
 	Per      time.Duration `mapstructure:"per"`
@@ -25,8 +25,12 @@ type Result struct {
 	// Remaining is how many requests could be admitted right now.
 	Remaining int
 	// RetryAfter is how long until the next request can be admitted; zero
-	// when Allowed.
+	// when Allowed. It is rounded up, never down.
 	RetryAfter time.Duration
 	// ResetAfter is how long until the bucket is full again.
 	ResetAfter time.Duration
+
+	// pol carries the header values prepared for Limit at start-up, so
+	// that WriteHeaders formats only the numbers that change.
+	pol *policy
 }

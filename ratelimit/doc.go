@@ -1,0 +1,67 @@
+// Package ratelimit applies the web interface's per-role policies to API
+// calls, counted per user across all of that user's keys.
+//
+// # Policies
+//
+// Configuration gives a default and one limit per role:
+//
+//	ratelimit:
+//	  default: { requests: 600, per: 1m, burst: 100 }
+//	  roles: { super_admin: { requests: 1200, per: 1m, burst: 200 } }
+//
+// A limit {requests: R, per: P, burst: B} is a token bucket that holds B
+// tokens and refills at R/P tokens per second; each admitted request takes
+// one. All three must be positive (there is no implicit burst = requests)
+// and P a whole number of seconds; Policies.Validate names every bad key.
+// The role is the user's current one, passed on every call, so a demoted
+// user's next request is counted under the new policy, from the tokens it
+// has left. Role names match case-insensitively.
+//
+// # Backends
+//
+// Local keeps one golang.org/x/time/rate bucket per user in memory, bounded
+// in number (LocalOptions.MaxEntries) and dropped after idling for as long
+// as the slowest policy takes to refill, when dropping changes nothing.
+//
+// Redis runs the generic cell rate algorithm (GCRA) in one Lua script
+// (gcra.lua), atomically and on Redis's clock, so every replica and the
+// Wevion web app share one budget per user. The key is
+//
+//	keyproxy:rl:user:<user id>
+//
+// a string holding the theoretical arrival time in integer microseconds
+// since the Unix epoch, expiring when the bucket is full again. The
+// script's arguments are the emission interval per/requests in whole
+// microseconds and the burst; any client that runs it on the same key
+// spends from the same budget. Refused requests write nothing: only
+// admitted requests consume budget.
+//
+// When Redis errors or does not answer within RedisOptions.Timeout (50 ms;
+// build the go-redis client with ContextTimeoutEnabled so the deadline
+// reaches the socket, and with few retries), the Redis limiter answers from
+// its fallback Local at once, sets keyproxy_ratelimit_degraded to 1 and logs
+// one line. At most once per ProbeInterval (1 s) one request tries Redis
+// again; the first success returns to Redis and logs that too. A degraded
+// replica is limited by its own buckets: never unlimited, never an error.
+//
+// # Response headers
+//
+// WriteHeaders writes both generations of the IETF httpapi rate-limit
+// draft, e.g. for 600 per minute with a burst of 100:
+//
+//	RateLimit-Policy: "user";q=600;w=60     sustained rate: q requests per w seconds
+//	RateLimit: "user";r=99;t=1              r requests left now; bucket full in t s
+//	RateLimit-Limit: 100                    the bucket size (burst)
+//	RateLimit-Remaining: 99                 as r
+//	RateLimit-Reset: 1                      as t
+//	Retry-After: 1                          on refusal only
+//
+// Seconds are rounded up, so Retry-After is never earlier than a retry
+// can succeed.
+//
+// # Metrics
+//
+//	keyproxy_ratelimit_decisions_total{backend="local|redis",result="allowed|limited"}
+//	keyproxy_ratelimit_degraded            1 while Redis limiting is on its fallback
+//	keyproxy_ratelimit_redis_errors_total  failed or timed-out Redis calls
+package ratelimit

@@ -1,0 +1,178 @@
+package ratelimit
+
+import (
+	"context"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+)
+
+// DefaultMaxEntries bounds the users a Local tracks at once.
+const DefaultMaxEntries = 100_000
+
+// LocalOptions tune a Local. The zero value is ready to use.
+type LocalOptions struct {
+	// MaxEntries caps the number of per-user buckets (default
+	// DefaultMaxEntries) so a flood of distinct users cannot exhaust
+	// memory. When the cap evicts a bucket its user starts again with a
+	// full one: a flood can make the limiter more lenient, never stricter.
+	MaxEntries int
+	// IdleTTL is how long a bucket is kept after its last use. It is never
+	// shorter than the longest time any policy takes to refill an empty
+	// bucket, which is also the default: a bucket idle that long is full,
+	// so dropping it changes no decision.
+	IdleTTL time.Duration
+	// Registerer receives the metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Now is the clock (default time.Now); tests move it by hand.
+	Now func() time.Time
+}
+
+// Local is an in-process limiter: one golang.org/x/time/rate token bucket
+// per user, exact on one node. It is safe for concurrent use. Close it to
+// stop the bucket cache's clean-up goroutine.
+type Local struct {
+	now      func() time.Time
+	policies atomic.Pointer[table]
+	// idle is the current expire-after-access duration in nanoseconds,
+	// raised on reload when a new policy refills more slowly.
+	idle      atomic.Int64
+	minIdle   time.Duration
+	buckets   *otter.Cache[string, *bucket]
+	decisions decisionCounters
+}
+
+// NewLocal returns a limiter applying p. It panics if p is invalid:
+// validate policies with Policies.Validate when the config is loaded.
+func NewLocal(p Policies, o LocalOptions) *Local {
+	t, err := compile(p)
+	if err != nil {
+		panic("ratelimit: NewLocal with invalid policies: " + err.Error())
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = DefaultMaxEntries
+	}
+	l := &Local{
+		now:       o.Now,
+		minIdle:   o.IdleTTL,
+		decisions: newDecisionCounters(o.Registerer, "local"),
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	l.setTable(t)
+	opts := &otter.Options[string, *bucket]{
+		MaximumSize: o.MaxEntries,
+		ExpiryCalculator: otter.ExpiryAccessingFunc(func(otter.Entry[string, *bucket]) time.Duration {
+			return time.Duration(l.idle.Load())
+		}),
+	}
+	if o.Now != nil {
+		opts.Clock = clock{o.Now}
+	}
+	l.buckets = otter.Must(opts)
+	return l
+}
+
+// SetPolicies replaces the policies at once, for a reload on SIGHUP.
+// Invalid policies are refused and the current ones stay in force. A
+// user's bucket keeps its tokens and changes rate on its next request.
+func (l *Local) SetPolicies(p Policies) error {
+	t, err := compile(p)
+	if err != nil {
+		return err
+	}
+	l.setTable(t)
+	return nil
+}
+
+func (l *Local) setTable(t *table) {
+	l.policies.Store(t)
+	l.idle.Store(int64(max(l.minIdle, t.longestRefill, time.Second)))
+}
+
+// Allow decides one request of userID, whose current role is role, and
+// takes a token if it is admitted. ctx is unused: the decision needs no I/O.
+func (l *Local) Allow(_ context.Context, userID, role string) Result {
+	pol := l.policies.Load().forRole(role)
+	b, ok := l.buckets.GetIfPresent(userID)
+	if !ok {
+		b, _ = l.buckets.SetIfAbsent(userID, newBucket(pol))
+	}
+	res := b.take(pol, l.now)
+	l.decisions.count(res.Allowed)
+	return res
+}
+
+// Close stops the goroutine that expires idle buckets.
+func (l *Local) Close() {
+	l.buckets.StopAllGoroutines()
+}
+
+// bucket is one user's token bucket and the policy it was last used with.
+type bucket struct {
+	// mu makes the decision and the read-back of the tokens left one step,
+	// so Remaining is exact under concurrent requests of one user.
+	mu  sync.Mutex
+	pol *policy
+	lim *rate.Limiter
+}
+
+func newBucket(pol *policy) *bucket {
+	return &bucket{pol: pol, lim: rate.NewLimiter(pol.perSecond, pol.limit.Burst)}
+}
+
+func (b *bucket) take(pol *policy, clock func() time.Time) Result {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Read under the lock: a rate.Limiter handed an earlier time than its
+	// last one moves its clock back and later counts that stretch twice.
+	now := clock()
+	if b.pol != pol {
+		// The user's role changed, or the policies were reloaded.
+		if b.pol.limit != pol.limit {
+			b.lim.SetLimitAt(now, pol.perSecond)
+			b.lim.SetBurstAt(now, pol.limit.Burst)
+		}
+		b.pol = pol
+	}
+	allowed := b.lim.AllowN(now, 1)
+	tokens := b.lim.TokensAt(now)
+	res := Result{
+		Allowed:    allowed,
+		Limit:      pol.limit,
+		Remaining:  min(max(int(math.Floor(tokens)), 0), pol.limit.Burst),
+		ResetAfter: tokenTime(float64(pol.limit.Burst)-tokens, pol.perSecond),
+		pol:        pol,
+	}
+	if !allowed {
+		res.RetryAfter = max(tokenTime(1-tokens, pol.perSecond), time.Microsecond)
+	}
+	return res
+}
+
+// tokenTime is how long the bucket takes to gain n tokens, rounded up to
+// the microsecond. Float error below 0.1 ns is not rounded up (1 - 0.999
+// is not quite 0.001); the limiter admits a request that lacks less than
+// a nanosecond's worth of tokens, so at now+RetryAfter the token is there.
+func tokenTime(n float64, perSecond rate.Limit) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	return time.Duration(math.Ceil(n/float64(perSecond)*1e6-1e-4)) * time.Microsecond
+}
+
+// clock adapts LocalOptions.Now for otter, so idle expiry follows the
+// same clock as the buckets.
+type clock struct{ now func() time.Time }
+
+func (c clock) NowNano() int64 { return c.now().UnixNano() }
+
+// Tick returns no ticks: with a hand-moved clock, expired entries are
+// dropped when touched rather than by the periodic clean-up.
+func (c clock) Tick(time.Duration) <-chan time.Time { return nil }

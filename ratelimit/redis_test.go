@@ -1,0 +1,346 @@
+package ratelimit
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/wevion/keyproxy/internal/testserver"
+)
+
+// newClient builds a client the way keyproxy should: context deadlines
+// reach the socket, and a failed call is not retried past the timeout.
+func newClient(t testing.TB, addr string) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{
+		Addr:                  addr,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            -1,
+		DialTimeout:           100 * time.Millisecond,
+	})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+type redisFixture struct {
+	server   *testserver.Redis
+	client   *redis.Client
+	limiter  *Redis
+	fallback *Local
+	reg      *prometheus.Registry
+	logs     *observer.ObservedLogs
+}
+
+func newRedisFixture(t testing.TB, p Policies, server *testserver.Redis) *redisFixture {
+	t.Helper()
+	if server == nil {
+		server = testserver.StartRedis(t)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	reg := prometheus.NewPedanticRegistry()
+	fallback := NewLocal(p, LocalOptions{Registerer: reg})
+	t.Cleanup(fallback.Close)
+	client := newClient(t, server.Addr)
+	limiter := NewRedis(client, p, fallback, RedisOptions{
+		Logger:        zap.New(core),
+		Registerer:    reg,
+		ProbeInterval: 100 * time.Millisecond,
+	})
+	return &redisFixture{server: server, client: client, limiter: limiter, fallback: fallback, reg: reg, logs: logs}
+}
+
+func TestRedis_BurstThenLimit(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	for i := range 10 {
+		r := f.limiter.Allow(ctx, "u1", "member")
+		if !r.Allowed || r.Remaining != 9-i || r.Limit != perMinute60 || r.RetryAfter != 0 {
+			t.Fatalf("request %d: %+v, want admitted with %d remaining", i+1, r, 9-i)
+		}
+		// The bucket is full i+1 seconds after the last request, less the
+		// little time the loop took.
+		if want := time.Duration(i+1) * time.Second; r.ResetAfter > want || r.ResetAfter < want-time.Second/2 {
+			t.Fatalf("request %d: ResetAfter %s, want about %s", i+1, r.ResetAfter, want)
+		}
+	}
+	r := f.limiter.Allow(ctx, "u1", "member")
+	if r.Allowed || r.Remaining != 0 || r.RetryAfter <= 500*time.Millisecond || r.RetryAfter > time.Second {
+		t.Fatalf("request 11: %+v, want refused with RetryAfter just under 1s", r)
+	}
+	if f.limiter.Degraded() {
+		t.Fatal("Degraded() with Redis up")
+	}
+}
+
+func TestRedis_RetryAfterIsNeverEarly(t *testing.T) {
+	f := newRedisFixture(t, Policies{Default: Limit{Requests: 20, Per: time.Second, Burst: 2}}, nil)
+	ctx := testserver.Context(t)
+	admitN(f.limiter, 2, "u1", "")
+	for range 5 {
+		r := f.limiter.Allow(ctx, "u1", "")
+		if r.Allowed {
+			t.Fatalf("admitted over budget: %+v", r)
+		}
+		time.Sleep(r.RetryAfter)
+		if r2 := f.limiter.Allow(ctx, "u1", ""); !r2.Allowed {
+			t.Fatalf("retry RetryAfter (%s) later refused: %+v", r.RetryAfter, r2)
+		}
+	}
+}
+
+func TestRedis_KeysOfOneUserShareTheBudgetAndUsersAreIndependent(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	admitted := 0
+	for range 20 { // two keys of u1 alternate; both resolve to u1
+		if f.limiter.Allow(ctx, "u1", "member").Allowed {
+			admitted++
+		}
+	}
+	if admitted != 10 {
+		t.Fatalf("u1 admitted %d across its keys, want one burst of 10", admitted)
+	}
+	if got := admitN(f.limiter, 15, "u2", "member"); got != 10 {
+		t.Fatalf("u2 admitted %d, want its own 10", got)
+	}
+	if got := admitN(f.limiter, 30, "u3", "admin"); got != 20 {
+		t.Fatalf("admin admitted %d, want the admin burst of 20", got)
+	}
+}
+
+func TestRedis_StateIsTheDocumentedKey(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	before := time.Now()
+	f.limiter.Allow(ctx, "usr_7", "member")
+
+	val, err := f.client.Get(ctx, "keyproxy:rl:user:usr_7").Result()
+	if err != nil {
+		t.Fatalf("GET keyproxy:rl:user:usr_7: %v", err)
+	}
+	tat, err := strconv.ParseInt(val, 10, 64)
+	if err != nil {
+		t.Fatalf("value %q is not integer microseconds: %v", val, err)
+	}
+	// One request at 1 per second: TAT is now + 1 s.
+	if got := time.UnixMicro(tat).Sub(before); got < 900*time.Millisecond || got > 2*time.Second {
+		t.Fatalf("TAT is %s after the request, want about 1s", got)
+	}
+	ttl, err := f.client.PTTL(ctx, "keyproxy:rl:user:usr_7").Result()
+	if err != nil || ttl <= 0 || ttl > time.Second {
+		t.Fatalf("PTTL = %s, %v; want the time until the bucket is full (≤ 1s)", ttl, err)
+	}
+
+	// Refusals write nothing.
+	admitN(f.limiter, 9, "usr_7", "member")
+	full, _ := f.client.Get(ctx, "keyproxy:rl:user:usr_7").Result()
+	admitN(f.limiter, 50, "usr_7", "member")
+	if after, _ := f.client.Get(ctx, "keyproxy:rl:user:usr_7").Result(); after != full {
+		t.Fatalf("refused requests changed the state: %s -> %s", full, after)
+	}
+}
+
+func TestRedis_WebAppRunningTheScriptSharesTheBudget(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	// The web app runs gcra.lua with the documented arguments.
+	for i := range 4 {
+		reply, err := f.client.Eval(ctx, gcraScript, []string{"keyproxy:rl:user:u1"}, 1_000_000, 10).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals, _ := reply.([]any)
+		if len(vals) != 4 || vals[0] != int64(1) || vals[1] != int64(9-i) {
+			t.Fatalf("web app request %d: reply %v, want admitted with %d remaining", i+1, reply, 9-i)
+		}
+	}
+	if got := admitN(f.limiter, 10, "u1", "member"); got != 6 {
+		t.Fatalf("the proxy admitted %d after 4 web requests, want 6 of the burst of 10", got)
+	}
+}
+
+func TestRedis_TwoReplicasStayWithinThePolicy(t *testing.T) {
+	server := testserver.StartRedis(t)
+	lim := Limit{Requests: 400, Per: time.Second, Burst: 20}
+	p := Policies{Default: lim}
+	replicas := []*Redis{
+		newRedisFixture(t, p, server).limiter,
+		newRedisFixture(t, p, server).limiter,
+	}
+	var admitted, calls atomic.Int64
+	start := time.Now()
+	deadline := start.Add(1500 * time.Millisecond)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		replica := replicas[i%2]
+		wg.Go(func() {
+			for time.Now().Before(deadline) {
+				calls.Add(1)
+				if replica.Allow(context.Background(), "u1", "").Allowed {
+					admitted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	for i, r := range replicas {
+		if r.Degraded() {
+			t.Fatalf("replica %d degraded during the run", i)
+		}
+	}
+	expected := float64(lim.Burst) + float64(lim.Requests)*elapsed.Seconds()
+	ratio := float64(admitted.Load()) / expected
+	t.Logf("two replicas on one redis: %d calls, admitted %d, expected %.0f (ratio %.4f)", calls.Load(), admitted.Load(), expected, ratio)
+	if ratio < 0.95 || ratio > 1.05 {
+		t.Fatalf("admitted/expected = %.4f, want within 5%%", ratio)
+	}
+}
+
+func TestRedis_FallsBackWhenRedisDiesAndReturnsWhenItIsBack(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	admitN(f.limiter, 3, "u1", "member")
+
+	f.server.Kill()
+	start := time.Now()
+	r := f.limiter.Allow(ctx, "u1", "member")
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("first call with Redis dead took %s; the fallback must answer at once", took)
+	}
+	// The local bucket knows nothing of the Redis one: a fresh burst, but
+	// a burst, never unlimited.
+	if !r.Allowed || r.Limit != perMinute60 || !f.limiter.Degraded() {
+		t.Fatalf("with Redis dead: %+v degraded=%v, want a local decision and Degraded", r, f.limiter.Degraded())
+	}
+	if got := admitN(f.limiter, 100, "u1", "member"); got != 9 {
+		t.Fatalf("degraded limiter admitted %d more, want the rest of the local burst (9)", got)
+	}
+	if v := testutil.ToFloat64(f.limiter.degradedG); v != 1 {
+		t.Fatalf("keyproxy_ratelimit_degraded = %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(f.limiter.redisErrors); v < 1 {
+		t.Fatalf("keyproxy_ratelimit_redis_errors_total = %v, want ≥ 1", v)
+	}
+	// Probes happen at most once per ProbeInterval, so 100 calls in a few
+	// milliseconds cost at most a couple of Redis errors, not 100.
+	if v := testutil.ToFloat64(f.limiter.redisErrors); v > 5 {
+		t.Fatalf("keyproxy_ratelimit_redis_errors_total = %v after 101 calls, want Redis left alone between probes", v)
+	}
+	if n := f.logs.FilterMessageSnippet("falls back").Len(); n != 1 {
+		t.Fatalf("%d degradation log lines, want exactly 1", n)
+	}
+
+	f.server.Start()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.limiter.Degraded() {
+		if time.Now().After(deadline) {
+			t.Fatal("still degraded 5s after Redis came back")
+		}
+		f.limiter.Allow(ctx, "u2", "member")
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v := testutil.ToFloat64(f.limiter.degradedG); v != 0 {
+		t.Fatalf("keyproxy_ratelimit_degraded = %v after recovery, want 0", v)
+	}
+	if n := f.logs.FilterMessageSnippet("back on redis").Len(); n != 1 {
+		t.Fatalf("%d recovery log lines, want exactly 1", n)
+	}
+	// The restarted Redis is empty: u1 gets a fresh Redis burst of 10.
+	if got := admitN(f.limiter, 20, "u1", "member"); got != 10 {
+		t.Fatalf("after recovery u1 admitted %d, want a Redis burst of 10", got)
+	}
+	n, err := f.client.Exists(ctx, "keyproxy:rl:user:u1").Result()
+	if err != nil || n != 1 {
+		t.Fatalf("EXISTS keyproxy:rl:user:u1 = %d, %v after recovery, want the state back in Redis", n, err)
+	}
+	for _, e := range f.logs.All() {
+		for _, field := range e.Context {
+			if strings.Contains(field.String, "u1") || strings.Contains(field.String, "u2") {
+				t.Errorf("log line %q names a user: %v", e.Message, field)
+			}
+		}
+	}
+}
+
+func TestRedis_FallsBackWhenRedisHangs(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	admitN(f.limiter, 1, "u1", "member") // connection established, script loaded
+
+	if reply, err := f.server.Do("CLIENT", "PAUSE", "1000", "ALL"); err != nil || !strings.HasPrefix(reply, "+OK") {
+		t.Fatalf("CLIENT PAUSE: %q, %v", reply, err)
+	}
+	start := time.Now()
+	r := f.limiter.Allow(ctx, "u1", "member")
+	took := time.Since(start)
+	// Timeout is 50 ms; the bound is generous for a loaded CI machine, and
+	// still well below the 1 s pause.
+	if took > 500*time.Millisecond {
+		t.Fatalf("Allow took %s while Redis hung; the timeout must cut it short", took)
+	}
+	if !r.Allowed || !f.limiter.Degraded() {
+		t.Fatalf("while Redis hung: %+v degraded=%v, want a local decision", r, f.limiter.Degraded())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.limiter.Degraded() {
+		if time.Now().After(deadline) {
+			t.Fatal("still degraded 5s after the pause ended")
+		}
+		f.limiter.Allow(ctx, "u2", "member")
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRedis_CountsDecisionsByBackend(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	admitN(f.limiter, 12, "u1", "member")
+	f.server.Kill()
+	admitN(f.limiter, 12, "u2", "member")
+	want := `
+# HELP keyproxy_ratelimit_decisions_total Rate-limit decisions by the backend that made them and their result.
+# TYPE keyproxy_ratelimit_decisions_total counter
+keyproxy_ratelimit_decisions_total{backend="local",result="allowed"} 10
+keyproxy_ratelimit_decisions_total{backend="local",result="limited"} 2
+keyproxy_ratelimit_decisions_total{backend="redis",result="allowed"} 10
+keyproxy_ratelimit_decisions_total{backend="redis",result="limited"} 2
+# HELP keyproxy_ratelimit_degraded 1 while the Redis rate limiter answers from its local fallback.
+# TYPE keyproxy_ratelimit_degraded gauge
+keyproxy_ratelimit_degraded 1
+`
+	if err := testutil.GatherAndCompare(f.reg, strings.NewReader(want),
+		"keyproxy_ratelimit_decisions_total", "keyproxy_ratelimit_degraded"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRedis_SetPoliciesReloadsBothBackends(t *testing.T) {
+	f := newRedisFixture(t, testPolicies(), nil)
+	ctx := testserver.Context(t)
+	bigger := Limit{Requests: 6000, Per: time.Minute, Burst: 50}
+	if err := f.limiter.SetPolicies(Policies{Default: bigger}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.limiter.Allow(ctx, "u1", "member"); r.Limit != bigger {
+		t.Fatalf("redis Limit after reload = %v, want %v", r.Limit, bigger)
+	}
+	if r := f.fallback.Allow(ctx, "u1", "member"); r.Limit != bigger {
+		t.Fatalf("fallback Limit after reload = %v, want %v", r.Limit, bigger)
+	}
+	if err := f.limiter.SetPolicies(Policies{}); err == nil {
+		t.Fatal("SetPolicies(invalid) = nil, want an error")
+	}
+	if r := f.limiter.Allow(ctx, "u1", "member"); r.Limit != bigger {
+		t.Fatalf("Limit after a refused reload = %v, want %v", r.Limit, bigger)
+	}
+}
