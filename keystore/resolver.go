@@ -1,0 +1,251 @@
+package keystore
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+)
+
+// Backend is what the resolver reads through (a Store, or later a Redis
+// cache layer in front of a Store).
+type Backend interface {
+	Resolve(ctx context.Context, h Hash) (Identity, error)
+}
+
+// ResolverOptions configure a Resolver; zero values take the defaults.
+type ResolverOptions struct {
+	// TTL bounds how long a cached identity is served without a fresh read:
+	// the longest a revocation can go unseen by a replica that missed its
+	// invalidation. Default 10s.
+	TTL time.Duration
+	// NegativeTTL is how long an unknown hash is remembered. Default 2s.
+	NegativeTTL time.Duration
+	// MaxEntries bounds the identities cached. Default 1<<20. Unknown hashes
+	// get their own cache of a sixteenth of that (at least 1024), so a flood
+	// of made-up keys cannot push out real ones.
+	MaxEntries int
+	// LoadTimeout bounds one backend read, which runs detached from the
+	// first caller's context so that caller leaving does not fail the
+	// others waiting on the same read. Default 5s.
+	LoadTimeout time.Duration
+	// Registerer receives the cache metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now replaces the clock, for tests. Nil is the real clock.
+	Now func() time.Time
+}
+
+// genStripes generation counters, one per slice of the hash space: an
+// invalidation only disturbs fills of hashes in its own stripe.
+const genStripes = 4096
+
+// maxFillReads bounds the backend reads of one fill that keeps racing
+// invalidations; past it the resolver fails closed.
+const maxFillReads = 3
+
+// entry is a cached identity and the generation of its stripe when the
+// backend read began. A reader serves it only while the generation is
+// unchanged, so a fill that raced an invalidation is never served.
+type entry struct {
+	id  Identity
+	gen uint64
+}
+
+// fillResult travels through singleflight to every waiter.
+type fillResult struct {
+	id  Identity
+	gen uint64
+}
+
+// Resolver is the in-process cache of key identities in front of a Backend.
+// It is safe for concurrent use.
+type Resolver struct {
+	backend     Backend
+	pos         *otter.Cache[Hash, entry]
+	neg         *otter.Cache[Hash, uint64]
+	gens        [genStripes]atomic.Uint64
+	flight      singleflight.Group
+	loadTimeout time.Duration
+
+	hits, negativeHits, misses prometheus.Counter
+}
+
+// NewResolver builds the cache. It fails only if the metrics cannot be
+// registered (for example twice on one registry).
+func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
+	if b == nil {
+		return nil, errors.New("keystore: resolver needs a backend")
+	}
+	if o.TTL <= 0 {
+		o.TTL = 10 * time.Second
+	}
+	if o.NegativeTTL <= 0 {
+		o.NegativeTTL = 2 * time.Second
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = 1 << 20
+	}
+	if o.LoadTimeout <= 0 {
+		o.LoadTimeout = 5 * time.Second
+	}
+	var clock otter.Clock
+	if o.Now != nil {
+		clock = funcClock(o.Now)
+	}
+	pos, err := otter.New(&otter.Options[Hash, entry]{
+		MaximumSize:      o.MaxEntries,
+		ExpiryCalculator: otter.ExpiryWriting[Hash, entry](o.TTL),
+		Clock:            clock,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("keystore: resolver cache: %w", err)
+	}
+	neg, err := otter.New(&otter.Options[Hash, uint64]{
+		MaximumSize:      max(o.MaxEntries/16, 1024),
+		ExpiryCalculator: otter.ExpiryWriting[Hash, uint64](o.NegativeTTL),
+		Clock:            clock,
+	})
+	if err != nil {
+		pos.StopAllGoroutines()
+		return nil, fmt.Errorf("keystore: resolver negative cache: %w", err)
+	}
+	r := &Resolver{backend: b, pos: pos, neg: neg, loadTimeout: o.LoadTimeout}
+	if err := r.initMetrics(o.Registerer); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Resolve returns the identity of a key hash: ErrNotFound for unknown
+// hashes; any other backend failure wraps ErrUnavailable and is never
+// cached, so the caller fails closed.
+func (r *Resolver) Resolve(ctx context.Context, h Hash) (Identity, error) {
+	gen := &r.gens[stripe(h)]
+	if e, ok := r.pos.GetIfPresent(h); ok && e.gen == gen.Load() {
+		r.hits.Inc()
+		return e.id, nil
+	}
+	if g, ok := r.neg.GetIfPresent(h); ok && g == gen.Load() {
+		r.negativeHits.Inc()
+		return Identity{}, ErrNotFound
+	}
+	r.misses.Inc()
+	return r.fill(ctx, h, gen)
+}
+
+// fill reads through the backend, one read per hash however many callers
+// miss at once. A waiter accepts the shared result only if no invalidation
+// of the stripe happened since that read began: a caller that arrived after
+// an invalidation may have joined a read that started before it.
+func (r *Resolver) fill(ctx context.Context, h Hash, gen *atomic.Uint64) (Identity, error) {
+	key := string(h[:])
+	for range maxFillReads {
+		ch := r.flight.DoChan(key, func() (any, error) {
+			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.loadTimeout)
+			defer cancel()
+			return r.load(lctx, h, gen)
+		})
+		var res singleflight.Result
+		select {
+		case res = <-ch:
+		case <-ctx.Done():
+			return Identity{}, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		}
+		if res.Err != nil {
+			return Identity{}, res.Err
+		}
+		fr := res.Val.(fillResult)
+		if fr.gen == gen.Load() {
+			return fr.id, nil
+		}
+	}
+	return Identity{}, fmt.Errorf("%w: key invalidated during every read", ErrUnavailable)
+}
+
+// load reads the backend and caches what it read, tagged with the stripe's
+// generation from before the read. It reads again if an invalidation ran
+// meanwhile, so the waiters usually get a result they can accept.
+func (r *Resolver) load(ctx context.Context, h Hash, gen *atomic.Uint64) (any, error) {
+	// A caller that missed just as the previous fill ended starts a new
+	// flight; the entry that fill stored saves it a read.
+	if e, ok := r.pos.GetIfPresent(h); ok && e.gen == gen.Load() {
+		return fillResult{id: e.id, gen: e.gen}, nil
+	}
+	if g, ok := r.neg.GetIfPresent(h); ok && g == gen.Load() {
+		return nil, ErrNotFound
+	}
+	var last fillResult
+	for range maxFillReads {
+		g := gen.Load()
+		id, err := r.backend.Resolve(ctx, h)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			r.neg.Set(h, g)
+			return nil, ErrNotFound
+		case errors.Is(err, ErrUnavailable):
+			return nil, err
+		case err != nil:
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		r.pos.Set(h, entry{id: id, gen: g})
+		last = fillResult{id: id, gen: g}
+		if gen.Load() == g {
+			break
+		}
+	}
+	return last, nil
+}
+
+// Invalidate evicts hashes now. Once it returns, no Resolve that starts
+// later serves what was cached or being filled for them.
+func (r *Resolver) Invalidate(hashes ...Hash) {
+	for _, h := range hashes {
+		// Bump before deleting: a fill storing after the delete then
+		// carries an old generation and is never served.
+		r.gens[stripe(h)].Add(1)
+		r.pos.Invalidate(h)
+		r.neg.Invalidate(h)
+	}
+}
+
+// Flush drops everything, for when invalidations may have been missed (a
+// pub/sub subscription reconnected).
+func (r *Resolver) Flush() {
+	for i := range r.gens {
+		r.gens[i].Add(1)
+	}
+	r.pos.InvalidateAll()
+	r.neg.InvalidateAll()
+}
+
+// Evict is the admin API's eviction: on a single node it invalidates
+// locally and reports the one replica as confirmed. A cluster fan-out wraps
+// it to count the other replicas.
+func (r *Resolver) Evict(_ context.Context, hashes []Hash) (confirmed, replicas int) {
+	r.Invalidate(hashes...)
+	return 1, 1
+}
+
+// Close stops the caches' clean-up goroutines. The resolver must not be
+// used afterwards.
+func (r *Resolver) Close() {
+	r.pos.StopAllGoroutines()
+	r.neg.StopAllGoroutines()
+}
+
+// stripe picks a generation counter; a SHA-256 hash is uniform already.
+func stripe(h Hash) int { return int(binary.LittleEndian.Uint16(h[:2]) % genStripes) }
+
+// funcClock adapts ResolverOptions.Now to otter. It gives no ticks: with an
+// injected clock, expired entries are dropped as they are read.
+type funcClock func() time.Time
+
+func (c funcClock) NowNano() int64                      { return c().UnixNano() }
+func (c funcClock) Tick(time.Duration) <-chan time.Time { return nil }
