@@ -1,0 +1,346 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
+	"github.com/wevion/keyproxy/proxy"
+	"github.com/wevion/keyproxy/ratelimit"
+)
+
+// memResolver is a map-backed Resolver standing in for keystore's until
+// keystore.OpenSQLite and keystore.NewResolver exist.
+type memResolver struct {
+	mu    sync.Mutex
+	ids   map[keystore.Hash]keystore.Identity
+	err   error // returned for every lookup when set
+	calls atomic.Int64
+	// block, when set, makes Resolve wait for ctx to end.
+	block bool
+}
+
+func newMemResolver() *memResolver {
+	return &memResolver{ids: make(map[keystore.Hash]keystore.Identity)}
+}
+
+func (m *memResolver) Resolve(ctx context.Context, h keystore.Hash) (keystore.Identity, error) {
+	m.calls.Add(1)
+	m.mu.Lock()
+	id, ok := m.ids[h]
+	err, block := m.err, m.block
+	m.mu.Unlock()
+	if block {
+		<-ctx.Done()
+		return keystore.Identity{}, ctx.Err()
+	}
+	if err != nil {
+		return keystore.Identity{}, err
+	}
+	if !ok {
+		return keystore.Identity{}, keystore.ErrNotFound
+	}
+	return id, nil
+}
+
+func (m *memResolver) set(key string, id keystore.Identity) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.ids[keystore.HashKey(key)] = id
+}
+
+func (m *memResolver) fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.err = err
+}
+
+// recorder collects audit events.
+type recorder struct {
+	mu     sync.Mutex
+	events []audit.Event
+	added  chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{added: make(chan struct{}, 1024)} }
+
+func (r *recorder) Record(e audit.Event) {
+	r.mu.Lock()
+	r.events = append(r.events, e)
+	r.mu.Unlock()
+	select {
+	case r.added <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) all() []audit.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]audit.Event(nil), r.events...)
+}
+
+// wait returns the events once there are n, failing after a generous bound:
+// the event is recorded when the handler returns, which can trail the
+// client's view of the response.
+func (r *recorder) wait(t *testing.T, n int) []audit.Event {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		if ev := r.all(); len(ev) >= n {
+			return ev
+		}
+		select {
+		case <-r.added:
+		case <-deadline:
+			t.Fatalf("want %d audit events, have %d", n, len(r.all()))
+		}
+	}
+}
+
+type usage struct {
+	mu      sync.Mutex
+	touched map[string]int
+}
+
+func (u *usage) Touch(keyID string, _ time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.touched == nil {
+		u.touched = make(map[string]int)
+	}
+	u.touched[keyID]++
+}
+
+func (u *usage) count(keyID string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.touched[keyID]
+}
+
+// fixedLimiter answers every request with one result.
+type fixedLimiter struct {
+	res   ratelimit.Result
+	calls atomic.Int64
+}
+
+func (l *fixedLimiter) Allow(context.Context, string, string) ratelimit.Result {
+	l.calls.Add(1)
+	return l.res
+}
+
+// testRateLimitHeaders stands in for ratelimit.WriteHeaders: the proxy's
+// job is only to call it on the right responses.
+func testRateLimitHeaders(h http.Header, r ratelimit.Result) {
+	h.Set("RateLimit-Remaining", strconv.Itoa(r.Remaining))
+	h.Set("RateLimit-Limit", strconv.Itoa(r.Limit.Burst))
+}
+
+// received is what the upstream saw of one request.
+type received struct {
+	Method     string
+	RequestURI string
+	Host       string
+	Header     http.Header
+}
+
+// upstream is a real HTTP backend that records what reached it.
+type upstream struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	got  []received
+	next http.HandlerFunc // optional: answers instead of the default 200
+}
+
+func startUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		u.mu.Lock()
+		u.got = append(u.got, received{Method: r.Method, RequestURI: r.RequestURI, Host: r.Host, Header: r.Header.Clone()})
+		next := u.next
+		u.mu.Unlock()
+		if next != nil {
+			next(w, r)
+			return
+		}
+		w.Header().Set("X-Request-Id", "set-by-upstream")
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, "hello from upstream")
+	}))
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func (u *upstream) handle(f http.HandlerFunc) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.next = f
+}
+
+func (u *upstream) requests() []received {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]received(nil), u.got...)
+}
+
+// last returns the only request the upstream received, failing otherwise.
+func (u *upstream) only(t *testing.T) received {
+	t.Helper()
+	got := u.requests()
+	if len(got) != 1 {
+		t.Fatalf("upstream received %d requests, want 1", len(got))
+	}
+	return got[0]
+}
+
+// env is a proxy in front of a recording upstream, served over real HTTP.
+type env struct {
+	format   keystore.Format
+	resolver *memResolver
+	up       *upstream
+	rec      *recorder
+	usage    *usage
+	logs     *observer.ObservedLogs
+	reg      *prometheus.Registry
+	handler  *proxy.Handler
+	srv      *httptest.Server
+	client   *http.Client
+
+	validKey string
+	identity keystore.Identity
+}
+
+type option func(*proxy.Config)
+
+func newEnv(t *testing.T, opts ...option) *env {
+	t.Helper()
+	format, err := keystore.NewFormat("wev_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	e := &env{
+		format:   format,
+		resolver: newMemResolver(),
+		up:       startUpstream(t),
+		rec:      newRecorder(),
+		usage:    &usage{},
+		logs:     logs,
+		reg:      prometheus.NewRegistry(),
+	}
+	upURL, err := url.Parse(e.up.srv.URL + "/api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	transport := proxy.NewTransport(2 * time.Second)
+	t.Cleanup(transport.CloseIdleConnections)
+	cfg := proxy.Config{
+		Upstream:   upURL,
+		Format:     format,
+		Resolver:   e.resolver,
+		Recorder:   e.rec,
+		Usage:      e.usage,
+		Transport:  transport,
+		Logger:     zap.New(core),
+		AccessLog:  true,
+		Registerer: e.reg,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if e.handler, err = proxy.New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.handler.CloseIdleConnections)
+	e.srv = httptest.NewServer(e.handler)
+	t.Cleanup(e.srv.Close)
+	e.client = e.srv.Client()
+
+	e.identity = keystore.Identity{KeyID: "key_valid0000000000000", UserID: "usr_1", TeamID: "team_1", Role: "admin",
+		UserActive: true, TeamActive: true, SameTeam: true}
+	e.validKey = e.newKey(t, e.identity)
+	return e
+}
+
+// newKey generates a key that resolves to id.
+func (e *env) newKey(t *testing.T, id keystore.Identity) string {
+	t.Helper()
+	key, err := e.format.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.resolver.set(key, id)
+	return key
+}
+
+// do sends a request through the proxy; header lines are added in order,
+// so a name given twice is sent twice.
+func (e *env) do(t *testing.T, method, path string, header [][2]string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range header {
+		req.Header[kv[0]] = append(req.Header[kv[0]], kv[1])
+	}
+	res, err := e.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, string(body)
+}
+
+func bearer(key string) [2]string { return [2]string{"Authorization", "Bearer " + key} }
+
+// leaks reports whether any log line, field or audit event holds s.
+func (e *env) leaks(s string) bool {
+	for _, entry := range e.logs.All() {
+		if strings.Contains(entry.Message, s) {
+			return true
+		}
+		for k, v := range entry.ContextMap() {
+			if strings.Contains(k, s) || strings.Contains(toString(v), s) {
+				return true
+			}
+		}
+	}
+	for _, ev := range e.rec.all() {
+		if strings.Contains(toString(ev), s) {
+			return true
+		}
+	}
+	return false
+}
+
+func toString(v any) string { return fmt.Sprintf("%+v", v) }
+
+func mustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
+	"github.com/wevion/keyproxy/ratelimit"
+)
+
+// statusClientClosed is logged (never written) when the client went away
+// before an answer, as nginx does.
+const statusClientClosed = 499
+
+// maxUserAgent bounds the user agent kept in an audit event.
+const maxUserAgent = 256
+
+// Indexes into exchange.hv, the backing array of the one-value header
+// slices this request sets, so setting them costs no allocation each.
+const (
+	hvUserID = iota
+	hvTeamID
+	hvRole
+	hvKeyID
+	hvRequestID
+	hvForwardedFor
+	hvForwardedHost
+	hvForwardedProto
+	hvLen
+)
+
+// exchange is one request's state. It is also the context of the request
+// handed to the ReverseProxy: that is how Rewrite, ModifyResponse and the
+// ErrorHandler find it, with one allocation instead of a context.WithValue
+// on top of the request copy.
+type exchange struct {
+	context.Context // the inbound request's
+
+	req           *http.Request
+	start         time.Time // monotonic, for durations
+	now           time.Time // Config.Now at the start, for checks and events
+	upstreamStart time.Time
+	requestID     string
+	peer          string // the peer's IP as written in RemoteAddr
+	trusted       bool   // the peer is a trusted proxy
+
+	keyStart      string
+	id            keystore.Identity
+	authenticated bool
+	rl            ratelimit.Result
+	limited       bool // rl holds a limiter decision
+
+	outcome outcome
+	status  int
+	hv      [hvLen]string
+}
+
+type exchangeKey struct{}
+
+// Value answers exchangeKey with the exchange itself and defers all other
+// keys, including context's internal ones, to the inbound context.
+func (e *exchange) Value(key any) any {
+	if key == (exchangeKey{}) {
+		return e
+	}
+	return e.Context.Value(key)
+}
+
+func exchangeFrom(ctx context.Context) *exchange {
+	e, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return e
+}
+
+// one returns hv[i] as a one-element header value that shares e's storage.
+func (e *exchange) one(i int) []string { return e.hv[i : i+1 : i+1] }
+
+// finish records the request once, whatever path it took (including the
+// ReverseProxy's abort panic when a response body copy fails).
+func (h *Handler) finish(e *exchange) {
+	h.m.inFlight.Dec()
+	d := time.Since(e.start)
+	h.m.observe(e.outcome, e.status, d)
+	if h.accessLog {
+		if ce := h.log.Check(zap.InfoLevel, "request"); ce != nil {
+			ce.Write(
+				zap.String("request_id", e.requestID),
+				zap.String("key_id", e.id.KeyID),
+				zap.String("method", e.req.Method),
+				zap.String("path", e.req.URL.Path),
+				zap.Int("status", e.status),
+				zap.Duration("duration", d),
+				zap.String("outcome", e.outcome.String()),
+			)
+		}
+	}
+	if h.recorder != nil {
+		h.recorder.Record(h.event(e, d))
+	}
+}
+
+// event builds the audit event: api.request with the identity once the key
+// resolved to someone, auth.failed with only the key's display start
+// otherwise. Never the key.
+func (h *Handler) event(e *exchange, d time.Duration) audit.Event {
+	ev := audit.Event{
+		Time:       e.now.UTC(),
+		RequestID:  e.requestID,
+		Method:     e.req.Method,
+		Path:       e.req.URL.Path,
+		Status:     e.status,
+		DurationMS: float64(d) / float64(time.Millisecond),
+		ClientIP:   h.clientIP(e),
+		UserAgent:  truncateUTF8(e.req.UserAgent(), maxUserAgent),
+		Outcome:    e.outcome.String(),
+	}
+	if e.authenticated {
+		ev.Type = audit.TypeAPIRequest
+		ev.KeyID, ev.UserID, ev.TeamID, ev.Role = e.id.KeyID, e.id.UserID, e.id.TeamID, e.id.Role
+	} else {
+		ev.Type = audit.TypeAuthFailed
+		ev.KeyStart = e.keyStart
+	}
+	return ev
+}
+
+// truncateUTF8 cuts s to at most n bytes without splitting a character.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}

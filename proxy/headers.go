@@ -1,0 +1,220 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+)
+
+// headerNames holds the header names prepared once at start-up.
+type headerNames struct {
+	userID, teamID, role, keyID string // canonical identity header names
+	// prefix is the identity prefix lower-cased with '-' for '_', the form
+	// every client header name is compared in.
+	prefix string
+}
+
+func newHeaderNames(prefix string) (headerNames, error) {
+	if len(prefix) < 2 || len(prefix) > 64 {
+		return headerNames{}, fmt.Errorf("proxy: HeaderPrefix must be 2-64 characters, got %q", prefix)
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := prefix[i]
+		if !(c == '-' || c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return headerNames{}, fmt.Errorf("proxy: HeaderPrefix %q may only hold letters, digits, '-' and '_'", prefix)
+		}
+	}
+	canon := func(s string) string { return http.CanonicalHeaderKey(strings.ReplaceAll(prefix, "_", "-") + s) }
+	return headerNames{
+		userID: canon("User-Id"),
+		teamID: canon("Team-Id"),
+		role:   canon("Role"),
+		keyID:  canon("Key-Id"),
+		prefix: normaliseName(prefix),
+	}, nil
+}
+
+// normaliseName lower-cases a header name and spells '_' as '-': the form in
+// which backends that map headers to CGI-style variables see no difference.
+func normaliseName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		b[i] = normByte(c)
+	}
+	return string(b)
+}
+
+func normByte(c byte) byte {
+	switch {
+	case c == '_':
+		return '-'
+	case 'A' <= c && c <= 'Z':
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// hasNormPrefix reports whether name, normalised, starts with prefix
+// (already normalised), without allocating.
+func hasNormPrefix(name, prefix string) bool {
+	if len(name) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		if normByte(name[i]) != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// guarded are the headers this proxy sets itself, normalised. Their
+// canonical spelling is replaced anyway; this list catches the '_'
+// spellings that a CGI-style backend would read as the same variable.
+var guarded = [...]string{"x-request-id", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "forwarded", "authorization"}
+
+func isGuarded(name string) bool {
+	for _, g := range guarded {
+		if len(name) == len(g) && hasNormPrefix(name, g) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwardable reports whether a client header may reach the backend. It
+// refuses the credentials and every name a client could pose as someone
+// with: any spelling of the identity prefix, and '_' spellings of the
+// headers we set.
+func (n *headerNames) forwardable(name string) bool {
+	switch {
+	case hasNormPrefix(name, n.prefix):
+		return false
+	case strings.IndexByte(name, '_') >= 0 || len(name) == len("authorization"):
+		return !isGuarded(name)
+	}
+	return true
+}
+
+// strip deletes the headers that are not forwardable. Deleting in place
+// beats copying into a presized map: the growth this saves costs fewer
+// allocations than a new map of that size.
+func (n *headerNames) strip(h http.Header) {
+	for k := range h {
+		if !n.forwardable(k) {
+			delete(h, k)
+		}
+	}
+}
+
+// rewrite is the ReverseProxy's Rewrite hook. It runs after hop-by-hop
+// headers (and any named in Connection) and the client's X-Forwarded-* were
+// removed, so nothing set here can be stripped by the client.
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	e := exchangeFrom(pr.In.Context())
+	pr.SetURL(h.upstream)
+	out := pr.Out.Header
+	h.names.strip(out)
+	if e == nil { // not reached through ServeHTTP: forward no identity
+		return
+	}
+	h.setForwarded(pr, e)
+	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = e.id.UserID, e.id.TeamID, e.id.Role, e.id.KeyID
+	out[h.names.userID] = e.one(hvUserID)
+	out[h.names.teamID] = e.one(hvTeamID)
+	out[h.names.role] = e.one(hvRole)
+	out[h.names.keyID] = e.one(hvKeyID)
+	out["X-Request-Id"] = e.one(hvRequestID)
+}
+
+// setForwarded sets X-Forwarded-For/-Host/-Proto as SetXForwarded does,
+// except that a trusted peer's values are kept (its X-Forwarded-For
+// appended to). Forwarded is never passed on: we do not extend it.
+func (h *Handler) setForwarded(pr *httputil.ProxyRequest, e *exchange) {
+	out, in := pr.Out.Header, pr.In.Header
+	if e.peer != "" {
+		xff := e.peer
+		if prior := in["X-Forwarded-For"]; e.trusted && len(prior) > 0 {
+			xff = strings.Join(prior, ", ") + ", " + e.peer
+		}
+		e.hv[hvForwardedFor] = xff
+		out["X-Forwarded-For"] = e.one(hvForwardedFor)
+	}
+	e.hv[hvForwardedHost] = pr.In.Host
+	if v := in["X-Forwarded-Host"]; e.trusted && len(v) == 1 {
+		e.hv[hvForwardedHost] = v[0]
+	}
+	out["X-Forwarded-Host"] = e.one(hvForwardedHost)
+	e.hv[hvForwardedProto] = "http"
+	if pr.In.TLS != nil {
+		e.hv[hvForwardedProto] = "https"
+	}
+	if v := in["X-Forwarded-Proto"]; e.trusted && len(v) == 1 && (v[0] == "http" || v[0] == "https") {
+		e.hv[hvForwardedProto] = v[0]
+	}
+	out["X-Forwarded-Proto"] = e.one(hvForwardedProto)
+}
+
+// normalisePrefixes maps IPv4-mapped IPv6 prefixes to IPv4 so one Contains
+// per prefix suffices for an unmapped peer address.
+func normalisePrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		out = append(out, p.Masked())
+	}
+	return out
+}
+
+func (h *Handler) isTrusted(ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	return h.trustedAddr(a)
+}
+
+func (h *Handler) trustedAddr(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for _, p := range h.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is the address an audit event names: the peer, or behind
+// trusted proxies the right-most X-Forwarded-For entry that is not itself
+// a trusted proxy (entries left of it are the client's to forge).
+func (h *Handler) clientIP(e *exchange) string {
+	if !e.trusted {
+		return e.peer
+	}
+	client := e.peer
+	values := e.req.Header["X-Forwarded-For"]
+	for i := len(values) - 1; i >= 0; i-- {
+		v := values[i]
+		for v != "" {
+			var entry string
+			if j := strings.LastIndexByte(v, ','); j >= 0 {
+				entry, v = v[j+1:], v[:j]
+			} else {
+				entry, v = v, ""
+			}
+			a, err := netip.ParseAddr(strings.TrimSpace(entry))
+			if err != nil {
+				return client // garbage: keep the last hop we could verify
+			}
+			client = a.Unmap().String()
+			if !h.trustedAddr(a) {
+				return client
+			}
+		}
+	}
+	return client
+}

@@ -1,0 +1,256 @@
+package proxy_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
+	"github.com/wevion/keyproxy/proxy"
+	"github.com/wevion/keyproxy/ratelimit"
+)
+
+func TestAuditEvents(t *testing.T) {
+	inactive := func(e *env) keystore.Identity { id := e.identity; id.TeamActive = false; return id }
+	tests := []struct {
+		name string
+		opts []option
+		// headers builds the request's headers and the key_start expected.
+		headers func(t *testing.T, e *env) ([][2]string, string)
+		want    func(e *env) audit.Event
+	}{
+		{
+			name:    "admitted request",
+			headers: func(t *testing.T, e *env) ([][2]string, string) { return [][2]string{bearer(e.validKey)}, "" },
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeAllowed, Status: 200,
+					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
+			},
+		},
+		{
+			name:    "missing key",
+			headers: func(t *testing.T, e *env) ([][2]string, string) { return nil, "" },
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeMissingKey, Status: 401}
+			},
+		},
+		{
+			name: "unknown key names only its display start",
+			headers: func(t *testing.T, e *env) ([][2]string, string) {
+				k, _ := e.format.Generate()
+				return [][2]string{bearer(k)}, k[:8]
+			},
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
+			},
+		},
+		{
+			name: "revoked key does not name its owner",
+			headers: func(t *testing.T, e *env) ([][2]string, string) {
+				id := e.identity
+				id.Revoked = true
+				k := e.newKey(t, id)
+				return [][2]string{bearer(k)}, k[:8]
+			},
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
+			},
+		},
+		{
+			name: "junk key has no display start",
+			headers: func(t *testing.T, e *env) ([][2]string, string) {
+				return [][2]string{bearer("wev_!!!!" + strings.Repeat("x", 40))}, ""
+			},
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
+			},
+		},
+		{
+			name: "inactive team",
+			headers: func(t *testing.T, e *env) ([][2]string, string) {
+				return [][2]string{bearer(e.newKey(t, inactive(e)))}, ""
+			},
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeInactiveTeam, Status: 403,
+					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
+			},
+		},
+		{
+			name: "rate limited",
+			opts: []option{func(c *proxy.Config) {
+				c.Limiter = &fixedLimiter{res: ratelimit.Result{RetryAfter: time.Second}}
+			}},
+			headers: func(t *testing.T, e *env) ([][2]string, string) { return [][2]string{bearer(e.validKey)}, "" },
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeRateLimited, Status: 429,
+					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
+			},
+		},
+		{
+			name: "store unavailable",
+			headers: func(t *testing.T, e *env) ([][2]string, string) {
+				e.resolver.fail(keystore.ErrUnavailable)
+				return [][2]string{bearer(e.validKey)}, e.validKey[:8]
+			},
+			want: func(e *env) audit.Event {
+				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeUnavailable, Status: 503}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, tt.opts...)
+			h, start := tt.headers(t, e)
+			h = append(h,
+				[2]string{"User-Agent", strings.Repeat("é", 200)}, // 400 bytes
+				[2]string{"X-Request-Id", "audit-1"})
+			want := tt.want(e)
+			want.KeyStart = start
+			before := time.Now().UTC()
+			e.do(t, "PUT", "/v1/things/42?secret=query", h)
+			evs := e.rec.wait(t, 1)
+			if len(evs) != 1 {
+				t.Fatalf("%d events, want 1", len(evs))
+			}
+			got := evs[0]
+			if got.Time.Before(before.Add(-time.Second)) || got.Time.Location() != time.UTC {
+				t.Errorf("time = %v, want about now in UTC", got.Time)
+			}
+			if got.DurationMS <= 0 {
+				t.Errorf("duration_ms = %v", got.DurationMS)
+			}
+			if len(got.UserAgent) > 256 || !strings.HasPrefix(strings.Repeat("é", 200), got.UserAgent) || len(got.UserAgent) < 250 {
+				t.Errorf("user_agent not truncated to 256 bytes on a character boundary: %d bytes", len(got.UserAgent))
+			}
+			want.RequestID, want.Method, want.Path, want.ClientIP = "audit-1", "PUT", "/v1/things/42", "127.0.0.1"
+			want.Time, want.DurationMS, want.UserAgent = got.Time, got.DurationMS, got.UserAgent
+			if got != want {
+				t.Errorf("event\n got %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t)
+	e.do(t, "GET", "/", [][2]string{bearer(e.validKey)})
+	e.do(t, "GET", "/", nil)
+	e.do(t, "GET", "/", [][2]string{bearer("wev_junk")})
+	e.rec.wait(t, 3) // events are recorded after the metrics
+
+	want := `
+# HELP keyproxy_http_requests_total Data-plane requests by response status code and outcome.
+# TYPE keyproxy_http_requests_total counter
+keyproxy_http_requests_total{code="200",outcome="allowed"} 1
+keyproxy_http_requests_total{code="401",outcome="invalid_key"} 1
+keyproxy_http_requests_total{code="401",outcome="missing_key"} 1
+keyproxy_http_requests_total{code="403",outcome="subscription_inactive"} 0
+keyproxy_http_requests_total{code="429",outcome="rate_limited"} 0
+keyproxy_http_requests_total{code="502",outcome="upstream_error"} 0
+keyproxy_http_requests_total{code="503",outcome="auth_unavailable"} 0
+keyproxy_http_requests_total{code="504",outcome="upstream_error"} 0
+# HELP keyproxy_http_requests_in_flight Data-plane requests being served.
+# TYPE keyproxy_http_requests_in_flight gauge
+keyproxy_http_requests_in_flight 0
+`
+	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want),
+		"keyproxy_http_requests_total", "keyproxy_http_requests_in_flight"); err != nil {
+		t.Error(err)
+	}
+	families, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]uint64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			if h := m.GetHistogram(); h != nil {
+				name := f.GetName()
+				for _, l := range m.GetLabel() {
+					name += "/" + l.GetValue()
+				}
+				counts[name] = h.GetSampleCount()
+			}
+		}
+	}
+	for name, want := range map[string]uint64{
+		"keyproxy_upstream_duration_seconds":                    1,
+		"keyproxy_http_request_duration_seconds/allowed":        1,
+		"keyproxy_http_request_duration_seconds/missing_key":    1,
+		"keyproxy_http_request_duration_seconds/invalid_key":    1,
+		"keyproxy_http_request_duration_seconds/rate_limited":   0,
+		"keyproxy_http_request_duration_seconds/upstream_error": 0,
+	} {
+		if counts[name] != want {
+			t.Errorf("%s count = %d, want %d", name, counts[name], want)
+		}
+	}
+}
+
+func TestAccessLogHasOneLinePerRequest(t *testing.T) {
+	e := newEnv(t)
+	e.do(t, "GET", "/v1/things?x=1", [][2]string{bearer(e.validKey), {"X-Request-Id", "log-1"}})
+	e.do(t, "DELETE", "/v1/other", [][2]string{{"X-Request-Id", "log-2"}})
+	e.rec.wait(t, 2)
+	lines := e.logs.FilterMessage("request").All()
+	if len(lines) != 2 {
+		t.Fatalf("%d access log lines, want 2", len(lines))
+	}
+	byID := map[string]map[string]any{}
+	for _, l := range lines {
+		f := l.ContextMap()
+		byID[f["request_id"].(string)] = f
+	}
+	checks := map[string]map[string]any{
+		"log-1": {"key_id": e.identity.KeyID, "method": "GET", "path": "/v1/things", "status": int64(200), "outcome": "allowed"},
+		"log-2": {"key_id": "", "method": "DELETE", "path": "/v1/other", "status": int64(401), "outcome": "missing_key"},
+	}
+	for id, want := range checks {
+		got := byID[id]
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: %s = %v (%T), want %v", id, k, got[k], got[k], v)
+			}
+		}
+		if _, ok := got["duration"].(time.Duration); !ok {
+			t.Errorf("%s: duration = %v", id, got["duration"])
+		}
+	}
+}
+
+// TestKeysNeverLeak sends keys every way a client might and searches every
+// log line, audit event and the metrics for them.
+func TestKeysNeverLeak(t *testing.T) {
+	e := newEnv(t, func(c *proxy.Config) { c.Upstream = mustURL(t, closedPort(t)) })
+	unknown, _ := e.format.Generate()
+	revokedID := e.identity
+	revokedID.Revoked = true
+	revoked := e.newKey(t, revokedID)
+	keys := []string{e.validKey, unknown, revoked, flipLast(e.validKey)}
+	for _, k := range keys {
+		e.do(t, "GET", "/v1/x?api_key="+k, [][2]string{bearer(k)})
+		e.do(t, "GET", "/v1/x", [][2]string{bearer(k), bearer(k)})
+		e.do(t, "GET", "/v1/x", [][2]string{{"Authorization", "Basic " + k}})
+	}
+	e.rec.wait(t, 3*len(keys))
+	families, err := e.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exposition := fmt.Sprint(families)
+	for _, k := range keys {
+		if e.leaks(k) {
+			t.Errorf("key %s... found in logs or audit events", k[:8])
+		}
+		if strings.Contains(exposition, k) {
+			t.Errorf("key %s... found in metrics", k[:8])
+		}
+	}
+	if len(e.logs.FilterMessage("upstream request failed").All()) == 0 {
+		t.Error("upstream failures were not logged, so this test proved little")
+	}
+}

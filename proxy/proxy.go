@@ -1,0 +1,316 @@
+// Package proxy is keyproxy's data plane: it authenticates each request by
+// its API key, applies the owner's rate limit, rewrites the headers the
+// backend trusts and forwards the request with httputil.ReverseProxy.
+//
+// Everything that can be is prepared in New: header names, the normalised
+// identity prefix, problem bodies and metric children, so a request costs a
+// key parse, one resolver and one limiter call and the header rewrite.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
+	"github.com/wevion/keyproxy/ratelimit"
+)
+
+// Resolver turns a key hash into the identity it belongs to. It returns
+// keystore.ErrNotFound for an unknown key and an error wrapping
+// keystore.ErrUnavailable when nothing can answer; any error other than
+// ErrNotFound fails closed with 503.
+type Resolver interface {
+	Resolve(ctx context.Context, h keystore.Hash) (keystore.Identity, error)
+}
+
+// Limiter decides whether a user may make one more request.
+type Limiter interface {
+	Allow(ctx context.Context, userID, role string) ratelimit.Result
+}
+
+// Recorder receives one audit event per request. It must not block.
+type Recorder interface {
+	Record(e audit.Event)
+}
+
+// UsageTracker notes when a key was last used. It must not block.
+type UsageTracker interface {
+	Touch(keyID string, at time.Time)
+}
+
+// HeaderWriter writes the rate-limit headers of r into h.
+type HeaderWriter func(h http.Header, r ratelimit.Result)
+
+// DefaultHeaderPrefix starts the identity headers sent to the backend.
+const DefaultHeaderPrefix = "X-Wevion-"
+
+// DefaultUpstreamTimeout bounds the wait for the backend's response headers.
+const DefaultUpstreamTimeout = 30 * time.Second
+
+// Config wires a Handler. Upstream, Format and Resolver are required; the
+// other hooks are optional and their step is skipped when nil.
+type Config struct {
+	// Upstream is the backend's base URL (http or https).
+	Upstream *url.URL
+	// UpstreamTimeout bounds the wait for the backend's response headers
+	// (504 upstream_timeout); zero means DefaultUpstreamTimeout. It applies
+	// to the transport built by NewTransport, not to a custom Transport.
+	UpstreamTimeout time.Duration
+	// HeaderPrefix starts the identity headers (<prefix>User-Id, Team-Id,
+	// Role, Key-Id); every client header starting with it is removed.
+	// Empty means DefaultHeaderPrefix.
+	HeaderPrefix string
+	// Format parses presented keys before any lookup.
+	Format keystore.Format
+	// TrustedProxies are the peers whose X-Forwarded-* headers are kept
+	// (X-Forwarded-For appended to); from any other peer they are replaced.
+	TrustedProxies []netip.Prefix
+	Resolver       Resolver
+	// Limiter, when set, is asked after the key resolved; nil: no limits.
+	Limiter Limiter
+	// RateLimitHeaders, when set, writes the limiter's result on every
+	// authenticated response.
+	RateLimitHeaders HeaderWriter
+	Recorder         Recorder
+	Usage            UsageTracker
+	// Transport reaches the backend; nil means NewTransport(UpstreamTimeout).
+	Transport http.RoundTripper
+	// Logger receives upstream errors and, with AccessLog, one line per
+	// request. nil: no logging.
+	Logger    *zap.Logger
+	AccessLog bool
+	// Registerer receives the metrics; nil: not registered.
+	Registerer prometheus.Registerer
+	// Now is the clock for expiry checks and event times; nil: time.Now.
+	Now func() time.Time
+}
+
+// Handler is the data-plane http.Handler.
+type Handler struct {
+	format    keystore.Format
+	resolver  Resolver
+	limiter   Limiter
+	rlHeaders HeaderWriter
+	recorder  Recorder
+	usage     UsageTracker
+	log       *zap.Logger
+	accessLog bool
+	now       func() time.Time
+	realClock bool
+
+	upstream *url.URL
+	trusted  []netip.Prefix
+	names    headerNames
+	ids      *idGenerator
+	problems problems
+	rp       *httputil.ReverseProxy
+	m        *metrics
+}
+
+// New checks cfg and prepares a Handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Upstream == nil || cfg.Upstream.Host == "" || (cfg.Upstream.Scheme != "http" && cfg.Upstream.Scheme != "https") {
+		return nil, errors.New("proxy: Upstream must be an absolute http or https URL")
+	}
+	if cfg.Resolver == nil {
+		return nil, errors.New("proxy: Resolver is required")
+	}
+	if cfg.Format.Prefix() == "" {
+		return nil, errors.New("proxy: Format is required (keystore.NewFormat)")
+	}
+	if cfg.UpstreamTimeout < 0 {
+		return nil, fmt.Errorf("proxy: UpstreamTimeout must not be negative, got %s", cfg.UpstreamTimeout)
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.HeaderPrefix == "" {
+		cfg.HeaderPrefix = DefaultHeaderPrefix
+	}
+	names, err := newHeaderNames(cfg.HeaderPrefix)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range cfg.TrustedProxies {
+		if !p.IsValid() {
+			return nil, errors.New("proxy: TrustedProxies holds an invalid prefix")
+		}
+	}
+	ids, err := newIDGenerator()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	h := &Handler{
+		format:    cfg.Format,
+		resolver:  cfg.Resolver,
+		limiter:   cfg.Limiter,
+		rlHeaders: cfg.RateLimitHeaders,
+		recorder:  cfg.Recorder,
+		usage:     cfg.Usage,
+		log:       cfg.Logger,
+		accessLog: cfg.AccessLog && cfg.Logger != nil,
+		now:       cfg.Now,
+		upstream:  cfg.Upstream,
+		trusted:   normalisePrefixes(cfg.TrustedProxies),
+		names:     names,
+		ids:       ids,
+		problems:  newProblems(),
+		m:         m,
+	}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	if h.now == nil {
+		h.now, h.realClock = time.Now, true
+	}
+	transport := cfg.Transport
+	if transport == nil {
+		transport = NewTransport(cfg.UpstreamTimeout)
+	}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        h.rewrite,
+		Transport:      transport,
+		BufferPool:     newBufferPool(),
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.upstreamError,
+		ErrorLog:       zap.NewStdLog(h.log),
+	}
+	return h, nil
+}
+
+// ServeHTTP authenticates, limits and forwards one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	e := h.begin(r)
+	h.m.inFlight.Inc()
+	defer h.finish(e)
+	if p := h.admit(e); p != nil {
+		h.refuse(w, e, p)
+		return
+	}
+	e.upstreamStart = time.Now()
+	h.rp.ServeHTTP(w, r.WithContext(e))
+}
+
+// admit decides whether the request goes upstream; it returns the problem
+// that refuses it, or nil. The order is fixed: parse (no I/O) → resolve →
+// check → limit, and the first refusal ends it.
+func (h *Handler) admit(e *exchange) *preparedProblem {
+	token, st := bearerToken(e.req.Header["Authorization"])
+	switch st {
+	case tokenMissing:
+		return &h.problems.missing
+	case tokenInvalid:
+		return &h.problems.invalid
+	}
+	e.keyStart = h.format.DisplayStart(token)
+	parsed, err := h.format.Parse(token)
+	if err != nil {
+		return &h.problems.invalid
+	}
+	ctx := e.req.Context()
+	e.id, err = h.resolver.Resolve(ctx, parsed.Hash)
+	switch {
+	case err == nil:
+	case errors.Is(err, keystore.ErrNotFound):
+		e.id = keystore.Identity{}
+		return &h.problems.invalid
+	case ctx.Err() != nil:
+		return &h.problems.clientGone
+	default:
+		h.log.Warn("key resolution failed", zap.String("request_id", e.requestID), zap.Error(err))
+		return &h.problems.unavailable
+	}
+	switch e.id.Check(e.now) {
+	case keystore.StatusValid:
+	case keystore.StatusTeamInactive:
+		e.authenticated = true
+		return &h.problems.inactive
+	default:
+		e.id = keystore.Identity{} // a refused key's owner is not named
+		return &h.problems.invalid
+	}
+	e.authenticated = true
+	if h.limiter != nil {
+		e.rl, e.limited = h.limiter.Allow(ctx, e.id.UserID, e.id.Role), true
+		if !e.rl.Allowed {
+			return &h.problems.rateLimited
+		}
+	}
+	if h.usage != nil {
+		h.usage.Touch(e.id.KeyID, e.now)
+	}
+	e.outcome = outcomeAllowed
+	return nil
+}
+
+// begin prepares the request's exchange: clocks, request id and peer.
+func (h *Handler) begin(r *http.Request) *exchange {
+	e := &exchange{Context: r.Context(), req: r, start: time.Now()}
+	e.now = e.start
+	if !h.realClock {
+		e.now = h.now()
+	}
+	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) {
+		e.requestID = v[0]
+	} else {
+		e.requestID = h.ids.next()
+	}
+	e.hv[hvRequestID] = e.requestID
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		e.peer = host
+		if len(h.trusted) > 0 {
+			e.trusted = h.isTrusted(host)
+		}
+	}
+	return e
+}
+
+// retryAfter renders d in whole seconds, rounded up and at least 1, so a
+// client that obeys it never retries before a request could succeed.
+func retryAfter(d time.Duration) string {
+	s := int64((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	if s < int64(len(smallInts)) {
+		return smallInts[s]
+	}
+	return fmt.Sprint(s)
+}
+
+// smallInts spares the common Retry-After values an allocation.
+var smallInts = func() (t [121]string) {
+	for i := range t {
+		t[i] = fmt.Sprint(i)
+	}
+	return t
+}()
+
+func (h *Handler) writeRateLimit(hdr http.Header, e *exchange) {
+	if e.limited && h.rlHeaders != nil {
+		h.rlHeaders(hdr, e.rl)
+	}
+}
+
+// CloseIdleConnections closes the transport's idle backend connections
+// (at shutdown), when the transport supports it.
+func (h *Handler) CloseIdleConnections() {
+	if c, ok := h.rp.Transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}

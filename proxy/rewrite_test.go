@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/wevion/keyproxy/keystore"
+)
+
+// mapResolver is a map-backed Resolver for in-package tests and benchmarks.
+type mapResolver map[keystore.Hash]keystore.Identity
+
+func (m mapResolver) Resolve(_ context.Context, h keystore.Hash) (keystore.Identity, error) {
+	id, ok := m[h]
+	if !ok {
+		return keystore.Identity{}, keystore.ErrNotFound
+	}
+	return id, nil
+}
+
+// captureTransport answers every request itself and keeps the last
+// outbound request's headers: the fuzzer needs what the ReverseProxy would
+// send, without a network round trip per input.
+type captureTransport struct {
+	mu  sync.Mutex
+	got http.Header
+}
+
+func (c *captureTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.got = r.Header.Clone()
+	c.mu.Unlock()
+	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: r}, nil
+}
+
+func (c *captureTransport) CloseIdleConnections() {}
+
+var testIdentity = keystore.Identity{KeyID: "key_0123456789abcdefghij", UserID: "usr_1", TeamID: "team_1", Role: "admin",
+	UserActive: true, TeamActive: true, SameTeam: true}
+
+func newTestHandler(tb testing.TB, rt http.RoundTripper) (*Handler, string) {
+	tb.Helper()
+	format, err := keystore.NewFormat("wev_")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	key, err := format.Generate()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h, err := New(Config{
+		Upstream:  &url.URL{Scheme: "http", Host: "backend.internal"},
+		Format:    format,
+		Resolver:  mapResolver{keystore.HashKey(key): testIdentity},
+		Transport: rt,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h, key
+}
+
+func TestFilterDropsEverySpellingOfOurHeaders(t *testing.T) {
+	names, err := newHeaderNames("X-Wevion-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := []string{"Authorization", "authorization", "X-Wevion-Role", "x-wevion-role", "X_Wevion_Role", "x-wevion_user-id",
+		"X-WEVION-ANYTHING", "X_wevion_", "X-Wevion-", "X_Request_Id", "x_forwarded_for", "X_Forwarded_Host", "X_FORWARDED_PROTO"}
+	kept := []string{"X-Wevio", "X-Wevion", "Accept", "X-Request-Id", "X-Forwarded-For", "X_Custom_Header", "Xwevion-Role", "X-Wevionx"}
+	h := http.Header{}
+	for _, n := range append(removed, kept...) {
+		h[n] = []string{"v"}
+	}
+	names.strip(h)
+	for _, n := range removed {
+		if _, ok := h[n]; ok {
+			t.Errorf("%q kept", n)
+		}
+	}
+	for _, n := range kept {
+		if _, ok := h[n]; !ok {
+			t.Errorf("%q removed", n)
+		}
+	}
+}
+
+// FuzzRewriteHeaders: whatever headers a client sends, through the whole
+// ReverseProxy (hop-by-hop removal included), the backend sees exactly our
+// identity headers, one value each, no Authorization, and one valid
+// X-Request-Id.
+func FuzzRewriteHeaders(f *testing.F) {
+	f.Add("X-Wevion-Role", "owner", "Connection", "X-Wevion-Role")
+	f.Add("x_wevion_user-id", "usr_evil", "X-Request-Id", "bad id")
+	f.Add("AUTHORIZATION", "Bearer x", "Connection", "X-Wevion-Key-Id, X-Request-Id")
+	f.Add("X-Wevion-Team-Id", "t", "X_WEVION_TEAM_ID", "t2")
+	rt := &captureTransport{}
+	h, key := newTestHandler(f, rt)
+	want := map[string]string{
+		"X-Wevion-User-Id": testIdentity.UserID, "X-Wevion-Team-Id": testIdentity.TeamID,
+		"X-Wevion-Role": testIdentity.Role, "X-Wevion-Key-Id": testIdentity.KeyID,
+	}
+	f.Fuzz(func(t *testing.T, n1, v1, n2, v2 string) {
+		r := httptest.NewRequest("GET", "http://proxy.example/v1/x", nil)
+		r.Header[n1] = append(r.Header[n1], v1)
+		r.Header[n2] = append(r.Header[n2], v2)
+		r.Header["Authorization"] = []string{"Bearer " + key} // replaces a fuzzed one: the request must be admitted
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 {
+			t.Fatalf("status %d", w.Code)
+		}
+		rt.mu.Lock()
+		got := rt.got
+		rt.mu.Unlock()
+		for name, vals := range got {
+			if hasNormPrefix(name, "x-wevion-") {
+				if w, ok := want[name]; !ok || len(vals) != 1 || vals[0] != w {
+					t.Fatalf("backend got %q: %q", name, vals)
+				}
+			}
+			if len(name) == len("authorization") && hasNormPrefix(name, "authorization") {
+				t.Fatalf("backend got %q", name)
+			}
+		}
+		for name := range want {
+			if _, ok := got[name]; !ok {
+				t.Fatalf("%s missing", name)
+			}
+		}
+		if rid := got["X-Request-Id"]; len(rid) != 1 || !validRequestID(rid[0]) {
+			t.Fatalf("X-Request-Id = %q", rid)
+		}
+	})
+}

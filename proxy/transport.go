@@ -1,0 +1,56 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// NewTransport returns the transport tuned for one backend: a deep idle
+// pool so a busy proxy reuses connections instead of dialing (the default
+// keeps 2 per host), no proxy from the environment, HTTP/1.1 unless the
+// backend offers HTTP/2 over TLS, and timeout as the wait for response
+// headers (504 upstream_timeout).
+func NewTransport(timeout time.Duration) *http.Transport {
+	dialTimeout := 10 * time.Second
+	if timeout > 0 && timeout < dialTimeout {
+		dialTimeout = timeout
+	}
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: (&net.Dialer{
+			Timeout:   dialTimeout,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		ForceAttemptHTTP2:     false,
+		MaxIdleConns:          0, // no global cap: MaxIdleConnsPerHost governs
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: 1 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		WriteBufferSize:       16 << 10,
+		ReadBufferSize:        16 << 10,
+	}
+}
+
+const copyBufferSize = 32 << 10
+
+// bufferPool lends the ReverseProxy its body-copy buffers (it would
+// allocate 32 KiB per request otherwise). It pools array pointers so Put
+// does not allocate an interface box for a slice header.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+}
+
+func (b *bufferPool) Get() []byte { return b.p.Get().(*[copyBufferSize]byte)[:] }
+
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) != copyBufferSize {
+		return
+	}
+	b.p.Put((*[copyBufferSize]byte)(buf[:copyBufferSize]))
+}
