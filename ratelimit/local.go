@@ -15,6 +15,8 @@ import (
 // DefaultMaxEntries bounds the users a Local tracks at once.
 const DefaultMaxEntries = 100_000
 
+const coarseResolution = time.Second
+
 // LocalOptions tune a Local. The zero value is ready to use.
 type LocalOptions struct {
 	// MaxEntries caps the number of per-user buckets (default
@@ -29,13 +31,14 @@ type LocalOptions struct {
 	IdleTTL time.Duration
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
-	// Now is the clock (default time.Now); tests move it by hand.
+	// Now is the clock (default: the monotonic clock); tests move it by
+	// hand.
 	Now func() time.Time
 }
 
 // Local is an in-process limiter: one golang.org/x/time/rate token bucket
 // per user, exact on one node. It is safe for concurrent use. Close it to
-// stop the bucket cache's clean-up goroutine.
+// stop its background goroutines.
 type Local struct {
 	now      func() time.Time
 	policies atomic.Pointer[table]
@@ -44,6 +47,7 @@ type Local struct {
 	idle      atomic.Int64
 	minIdle   time.Duration
 	buckets   *otter.Cache[string, *bucket]
+	coarse    *otter.CoarseClock // nil with LocalOptions.Now
 	decisions decisionCounters
 }
 
@@ -63,7 +67,7 @@ func NewLocal(p Policies, o LocalOptions) *Local {
 		decisions: newDecisionCounters(o.Registerer, "local"),
 	}
 	if l.now == nil {
-		l.now = time.Now
+		l.now = monotonicClock()
 	}
 	l.setTable(t)
 	opts := &otter.Options[string, *bucket]{
@@ -74,6 +78,13 @@ func NewLocal(p Policies, o LocalOptions) *Local {
 	}
 	if o.Now != nil {
 		opts.Clock = clock{o.Now}
+	} else {
+		// Expire-after-access reads the clock on every hit, and a precise
+		// read costs more than the rest of the lookup. The coarse clock
+		// lags by up to a second, which could expire a bucket that much
+		// early; setTable adds the second back.
+		l.coarse = otter.NewCoarseClock(coarseResolution)
+		opts.Clock = l.coarse
 	}
 	l.buckets = otter.Must(opts)
 	return l
@@ -93,7 +104,7 @@ func (l *Local) SetPolicies(p Policies) error {
 
 func (l *Local) setTable(t *table) {
 	l.policies.Store(t)
-	l.idle.Store(int64(max(l.minIdle, t.longestRefill, time.Second)))
+	l.idle.Store(int64(max(l.minIdle, t.longestRefill) + coarseResolution))
 }
 
 // Allow decides one request of userID, whose current role is role, and
@@ -109,9 +120,13 @@ func (l *Local) Allow(_ context.Context, userID, role string) Result {
 	return res
 }
 
-// Close stops the goroutine that expires idle buckets.
+// Close stops the goroutines that expire idle buckets. The limiter still
+// works afterwards, expiring buckets only when they are touched.
 func (l *Local) Close() {
 	l.buckets.StopAllGoroutines()
+	if l.coarse != nil {
+		l.coarse.Stop()
+	}
 }
 
 // bucket is one user's token bucket and the policy it was last used with.
@@ -165,6 +180,14 @@ func tokenTime(n float64, perSecond rate.Limit) time.Duration {
 		return 0
 	}
 	return time.Duration(math.Ceil(n/float64(perSecond)*1e6-1e-4)) * time.Microsecond
+}
+
+// monotonicClock reads only the monotonic clock, half the cost of
+// time.Now; buckets only ever subtract times, so the wall clock's
+// steps would be noise anyway.
+func monotonicClock() func() time.Time {
+	start := time.Now()
+	return func() time.Time { return start.Add(time.Since(start)) }
 }
 
 // clock adapts LocalOptions.Now for otter, so idle expiry follows the

@@ -145,7 +145,7 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 		r.degrade(err)
 		return r.fallback.Allow(ctx, userID, role)
 	}
-	r.recover()
+	r.restore()
 	r.decisions.count(res.Allowed)
 	return res
 }
@@ -214,7 +214,7 @@ func (r *Redis) degrade(err error) {
 		zap.Error(err), zap.Duration("probe_interval", r.probe))
 }
 
-func (r *Redis) recover() {
+func (r *Redis) restore() {
 	if !r.degraded.Load() || !r.degraded.CompareAndSwap(true, false) {
 		return
 	}
