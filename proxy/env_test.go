@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,50 +25,32 @@ import (
 	"github.com/wevion/keyproxy/ratelimit"
 )
 
-// memResolver is a map-backed Resolver standing in for keystore's until
-// keystore.OpenSQLite and keystore.NewResolver exist.
-type memResolver struct {
-	mu    sync.Mutex
-	ids   map[keystore.Hash]keystore.Identity
-	err   error // returned for every lookup when set
+// countingResolver counts the lookups that reach the resolver it wraps,
+// to show junk is refused before any lookup.
+type countingResolver struct {
+	proxy.Resolver
 	calls atomic.Int64
-	// block, when set, makes Resolve wait for ctx to end.
-	block bool
 }
 
-func newMemResolver() *memResolver {
-	return &memResolver{ids: make(map[keystore.Hash]keystore.Identity)}
+func (c *countingResolver) Resolve(ctx context.Context, h keystore.Hash) (keystore.Identity, error) {
+	c.calls.Add(1)
+	return c.Resolver.Resolve(ctx, h)
 }
 
-func (m *memResolver) Resolve(ctx context.Context, h keystore.Hash) (keystore.Identity, error) {
-	m.calls.Add(1)
-	m.mu.Lock()
-	id, ok := m.ids[h]
-	err, block := m.err, m.block
-	m.mu.Unlock()
-	if block {
-		<-ctx.Done()
-		return keystore.Identity{}, ctx.Err()
-	}
-	if err != nil {
-		return keystore.Identity{}, err
-	}
-	if !ok {
-		return keystore.Identity{}, keystore.ErrNotFound
-	}
-	return id, nil
+// errResolver fails every lookup with err: for resolver errors the real
+// store does not produce.
+type errResolver struct{ err error }
+
+func (r errResolver) Resolve(context.Context, keystore.Hash) (keystore.Identity, error) {
+	return keystore.Identity{}, r.err
 }
 
-func (m *memResolver) set(key string, id keystore.Identity) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.ids[keystore.HashKey(key)] = id
-}
+// blockingResolver never answers before the caller gives up.
+type blockingResolver struct{}
 
-func (m *memResolver) fail(err error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.err = err
+func (blockingResolver) Resolve(ctx context.Context, _ keystore.Hash) (keystore.Identity, error) {
+	<-ctx.Done()
+	return keystore.Identity{}, ctx.Err()
 }
 
 // recorder collects audit events.
@@ -209,10 +192,12 @@ func (u *upstream) only(t *testing.T) received {
 	return got[0]
 }
 
-// env is a proxy in front of a recording upstream, served over real HTTP.
+// env is a proxy in front of a recording upstream, served over real HTTP,
+// resolving keys through keystore's Resolver over a real SQLite store.
 type env struct {
 	format   keystore.Format
-	resolver *memResolver
+	store    *keystore.SQLite
+	resolver *countingResolver
 	up       *upstream
 	rec      *recorder
 	usage    *usage
@@ -222,11 +207,14 @@ type env struct {
 	srv      *httptest.Server
 	client   *http.Client
 
+	owners   int // makes each special key's owner and team unique
 	validKey string
-	identity keystore.Identity
+	identity keystore.Identity // validKey's
 }
 
 type option func(*proxy.Config)
+
+func withResolver(r proxy.Resolver) option { return func(c *proxy.Config) { c.Resolver = r } }
 
 func newEnv(t *testing.T, opts ...option) *env {
 	t.Helper()
@@ -234,24 +222,32 @@ func newEnv(t *testing.T, opts ...option) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx := t.Context()
+	store, err := keystore.OpenSQLite(ctx, filepath.Join(t.TempDir(), "keys.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = store.Close() })
+	resolver, err := keystore.NewResolver(store, keystore.ResolverOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(resolver.Close)
 	core, logs := observer.New(zap.DebugLevel)
 	e := &env{
 		format:   format,
-		resolver: newMemResolver(),
+		store:    store,
+		resolver: &countingResolver{Resolver: resolver},
 		up:       startUpstream(t),
 		rec:      newRecorder(),
 		usage:    &usage{},
 		logs:     logs,
 		reg:      prometheus.NewRegistry(),
 	}
-	upURL, err := url.Parse(e.up.srv.URL + "/api")
-	if err != nil {
-		t.Fatal(err)
-	}
 	transport := proxy.NewTransport(2 * time.Second)
 	t.Cleanup(transport.CloseIdleConnections)
 	cfg := proxy.Config{
-		Upstream:   upURL,
+		Upstream:   mustURL(t, e.up.srv.URL+"/api"),
 		Format:     format,
 		Resolver:   e.resolver,
 		Recorder:   e.rec,
@@ -271,22 +267,62 @@ func newEnv(t *testing.T, opts ...option) *env {
 	e.srv = httptest.NewServer(e.handler)
 	t.Cleanup(e.srv.Close)
 	e.client = e.srv.Client()
-
-	e.identity = keystore.Identity{KeyID: "key_valid0000000000000", UserID: "usr_1", TeamID: "team_1", Role: "admin",
-		UserActive: true, TeamActive: true, SameTeam: true}
-	e.validKey = e.newKey(t, e.identity)
+	e.validKey, e.identity = e.newKey(t, keySpec{})
 	return e
 }
 
-// newKey generates a key that resolves to id.
-func (e *env) newKey(t *testing.T, id keystore.Identity) string {
+// keySpec says what has happened to a key or its owner since it was made.
+type keySpec struct {
+	revoked, expired, ownerInactive, ownerMoved, teamInactive bool
+}
+
+// newKey creates a key in the store, brings it into the state spec names,
+// and returns it with the identity it was created with. Each key gets its
+// own owner and team, so changing them leaves every other key alone.
+func (e *env) newKey(t *testing.T, spec keySpec) (string, keystore.Identity) {
 	t.Helper()
+	ctx := t.Context()
 	key, err := e.format.Generate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.resolver.set(key, id)
-	return key
+	id, err := keystore.NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.owners++
+	nk := keystore.NewKey{
+		ID: id, Hash: keystore.HashKey(key), Start: e.format.Start(key), Name: "test",
+		UserID: fmt.Sprintf("usr_%d", e.owners), TeamID: fmt.Sprintf("team_%d", e.owners), Role: "admin",
+		MaxActivePerTeam: 10,
+	}
+	if spec.expired {
+		past := time.Now().Add(-time.Minute)
+		nk.ExpiresAt = &past
+	}
+	if _, err := e.store.CreateKey(ctx, nk); err != nil {
+		t.Fatal(err)
+	}
+	if spec.revoked {
+		if _, err := e.store.RevokeKey(ctx, id, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if spec.ownerInactive || spec.ownerMoved {
+		u := keystore.User{ID: nk.UserID, TeamID: nk.TeamID, Role: nk.Role, Active: !spec.ownerInactive}
+		if spec.ownerMoved {
+			u.TeamID = nk.TeamID + "_elsewhere"
+		}
+		if _, _, err := e.store.PutUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if spec.teamInactive {
+		if _, _, err := e.store.PutTeam(ctx, keystore.Team{ID: nk.TeamID, Active: false}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return key, keystore.Identity{KeyID: id, UserID: nk.UserID, TeamID: nk.TeamID, Role: nk.Role}
 }
 
 // do sends a request through the proxy; header lines are added in order,

@@ -15,101 +15,57 @@ import (
 )
 
 func TestAuditEvents(t *testing.T) {
-	inactive := func(e *env) keystore.Identity { id := e.identity; id.TeamActive = false; return id }
+	valid := func(t *testing.T, e *env) (string, keystore.Identity) { return e.validKey, e.identity }
+	spec := func(s keySpec) func(t *testing.T, e *env) (string, keystore.Identity) {
+		return func(t *testing.T, e *env) (string, keystore.Identity) { return e.newKey(t, s) }
+	}
 	tests := []struct {
 		name string
 		opts []option
-		// headers builds the request's headers and the key_start expected.
-		headers func(t *testing.T, e *env) ([][2]string, string)
-		want    func(e *env) audit.Event
+		// key returns the key to send ("" for none) and its identity.
+		key     func(t *testing.T, e *env) (string, keystore.Identity)
+		typ     string
+		outcome string
+		status  int
+		named   bool // the event carries the key's identity
+		start   bool // the event carries the key's display start
 	}{
-		{
-			name:    "admitted request",
-			headers: func(t *testing.T, e *env) ([][2]string, string) { return [][2]string{bearer(e.validKey)}, "" },
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeAllowed, Status: 200,
-					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
-			},
-		},
-		{
-			name:    "missing key",
-			headers: func(t *testing.T, e *env) ([][2]string, string) { return nil, "" },
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeMissingKey, Status: 401}
-			},
-		},
-		{
-			name: "unknown key names only its display start",
-			headers: func(t *testing.T, e *env) ([][2]string, string) {
+		{name: "admitted request", key: valid, typ: audit.TypeAPIRequest, outcome: audit.OutcomeAllowed, status: 200, named: true},
+		{name: "missing key", key: func(*testing.T, *env) (string, keystore.Identity) { return "", keystore.Identity{} },
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeMissingKey, status: 401},
+		{name: "unknown key names only its display start",
+			key: func(t *testing.T, e *env) (string, keystore.Identity) {
 				k, _ := e.format.Generate()
-				return [][2]string{bearer(k)}, k[:8]
+				return k, keystore.Identity{}
 			},
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true},
+		{name: "revoked key does not name its owner", key: spec(keySpec{revoked: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true},
+		{name: "junk key has no display start",
+			key: func(*testing.T, *env) (string, keystore.Identity) {
+				return "wev_!!!!" + strings.Repeat("x", 40), keystore.Identity{}
 			},
-		},
-		{
-			name: "revoked key does not name its owner",
-			headers: func(t *testing.T, e *env) ([][2]string, string) {
-				id := e.identity
-				id.Revoked = true
-				k := e.newKey(t, id)
-				return [][2]string{bearer(k)}, k[:8]
-			},
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
-			},
-		},
-		{
-			name: "junk key has no display start",
-			headers: func(t *testing.T, e *env) ([][2]string, string) {
-				return [][2]string{bearer("wev_!!!!" + strings.Repeat("x", 40))}, ""
-			},
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeInvalidKey, Status: 401}
-			},
-		},
-		{
-			name: "inactive team",
-			headers: func(t *testing.T, e *env) ([][2]string, string) {
-				return [][2]string{bearer(e.newKey(t, inactive(e)))}, ""
-			},
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeInactiveTeam, Status: 403,
-					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
-			},
-		},
-		{
-			name: "rate limited",
-			opts: []option{func(c *proxy.Config) {
-				c.Limiter = &fixedLimiter{res: ratelimit.Result{RetryAfter: time.Second}}
-			}},
-			headers: func(t *testing.T, e *env) ([][2]string, string) { return [][2]string{bearer(e.validKey)}, "" },
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAPIRequest, Outcome: audit.OutcomeRateLimited, Status: 429,
-					KeyID: e.identity.KeyID, UserID: e.identity.UserID, TeamID: e.identity.TeamID, Role: e.identity.Role}
-			},
-		},
-		{
-			name: "store unavailable",
-			headers: func(t *testing.T, e *env) ([][2]string, string) {
-				e.resolver.fail(keystore.ErrUnavailable)
-				return [][2]string{bearer(e.validKey)}, e.validKey[:8]
-			},
-			want: func(e *env) audit.Event {
-				return audit.Event{Type: audit.TypeAuthFailed, Outcome: audit.OutcomeUnavailable, Status: 503}
-			},
-		},
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401},
+		{name: "inactive team", key: spec(keySpec{teamInactive: true}),
+			typ: audit.TypeAPIRequest, outcome: audit.OutcomeInactiveTeam, status: 403, named: true},
+		{name: "rate limited", opts: []option{func(c *proxy.Config) {
+			c.Limiter = &fixedLimiter{res: ratelimit.Result{RetryAfter: time.Second}}
+		}}, key: valid, typ: audit.TypeAPIRequest, outcome: audit.OutcomeRateLimited, status: 429, named: true},
+		{name: "store unavailable",
+			key: func(t *testing.T, e *env) (string, keystore.Identity) { e.store.Close(); return e.validKey, e.identity },
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeUnavailable, status: 503, start: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, tt.opts...)
-			h, start := tt.headers(t, e)
-			h = append(h,
-				[2]string{"User-Agent", strings.Repeat("é", 200)}, // 400 bytes
-				[2]string{"X-Request-Id", "audit-1"})
-			want := tt.want(e)
-			want.KeyStart = start
+			key, id := tt.key(t, e)
+			h := [][2]string{
+				{"User-Agent", strings.Repeat("é", 200)}, // 400 bytes
+				{"X-Request-Id", "audit-1"},
+			}
+			if key != "" {
+				h = append(h, bearer(key))
+			}
 			before := time.Now().UTC()
 			e.do(t, "PUT", "/v1/things/42?secret=query", h)
 			evs := e.rec.wait(t, 1)
@@ -123,11 +79,18 @@ func TestAuditEvents(t *testing.T) {
 			if got.DurationMS <= 0 {
 				t.Errorf("duration_ms = %v", got.DurationMS)
 			}
-			if len(got.UserAgent) > 256 || !strings.HasPrefix(strings.Repeat("é", 200), got.UserAgent) || len(got.UserAgent) < 250 {
+			if len(got.UserAgent) > 256 || len(got.UserAgent) < 255 || !strings.HasPrefix(strings.Repeat("é", 200), got.UserAgent) {
 				t.Errorf("user_agent not truncated to 256 bytes on a character boundary: %d bytes", len(got.UserAgent))
 			}
-			want.RequestID, want.Method, want.Path, want.ClientIP = "audit-1", "PUT", "/v1/things/42", "127.0.0.1"
-			want.Time, want.DurationMS, want.UserAgent = got.Time, got.DurationMS, got.UserAgent
+			want := audit.Event{Type: tt.typ, Outcome: tt.outcome, Status: tt.status,
+				RequestID: "audit-1", Method: "PUT", Path: "/v1/things/42", ClientIP: "127.0.0.1",
+				Time: got.Time, DurationMS: got.DurationMS, UserAgent: got.UserAgent}
+			if tt.named {
+				want.KeyID, want.UserID, want.TeamID, want.Role = id.KeyID, id.UserID, id.TeamID, id.Role
+			}
+			if tt.start {
+				want.KeyStart = key[:len("wev_")+4]
+			}
 			if got != want {
 				t.Errorf("event\n got %+v\nwant %+v", got, want)
 			}
@@ -227,9 +190,7 @@ func TestAccessLogHasOneLinePerRequest(t *testing.T) {
 func TestKeysNeverLeak(t *testing.T) {
 	e := newEnv(t, func(c *proxy.Config) { c.Upstream = mustURL(t, closedPort(t)) })
 	unknown, _ := e.format.Generate()
-	revokedID := e.identity
-	revokedID.Revoked = true
-	revoked := e.newKey(t, revokedID)
+	revoked, _ := e.newKey(t, keySpec{revoked: true})
 	keys := []string{e.validKey, unknown, revoked, flipLast(e.validKey)}
 	for _, k := range keys {
 		e.do(t, "GET", "/v1/x?api_key="+k, [][2]string{bearer(k)})

@@ -54,7 +54,6 @@ func checkProblem(t *testing.T, res *http.Response, body string, status int, cod
 
 // TestDataPlaneOutcomes walks DESIGN.md's status/code table.
 func TestDataPlaneOutcomes(t *testing.T) {
-	past := time.Now().Add(-time.Minute)
 	tests := []struct {
 		name string
 		opts []option
@@ -110,25 +109,23 @@ func TestDataPlaneOutcomes(t *testing.T) {
 				return [][2]string{bearer(k)}, ""
 			}},
 		{name: "revoked key", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid, resolverCalled: true,
-			prepare: withIdentity(func(id *keystore.Identity) { id.Revoked = true })},
+			prepare: withSpec(keySpec{revoked: true})},
 		{name: "expired key", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid, resolverCalled: true,
-			prepare: withIdentity(func(id *keystore.Identity) { id.ExpiresAt = past })},
+			prepare: withSpec(keySpec{expired: true})},
 		{name: "owner deactivated", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid, resolverCalled: true,
-			prepare: withIdentity(func(id *keystore.Identity) { id.UserActive = false })},
+			prepare: withSpec(keySpec{ownerInactive: true})},
 		{name: "owner moved to another team", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid, resolverCalled: true,
-			prepare: withIdentity(func(id *keystore.Identity) { id.SameTeam = false })},
+			prepare: withSpec(keySpec{ownerMoved: true})},
 		{name: "team inactive", status: 403, code: proxy.CodeSubscriptionInactive, resolverCalled: true,
-			prepare: withIdentity(func(id *keystore.Identity) { id.TeamActive = false })},
+			prepare: withSpec(keySpec{teamInactive: true})},
 		{name: "store unavailable", status: 503, code: proxy.CodeAuthUnavailable, retryAfter: "1", resolverCalled: true,
 			prepare: func(t *testing.T, e *env) ([][2]string, string) {
-				e.resolver.fail(fmt.Errorf("cache and store down: %w", keystore.ErrUnavailable))
+				e.store.Close() // the key was never looked up, so no cache holds it
 				return [][2]string{bearer(e.validKey)}, ""
 			}},
-		{name: "unexpected resolver error fails closed", status: 503, code: proxy.CodeAuthUnavailable, retryAfter: "1", resolverCalled: true,
-			prepare: func(t *testing.T, e *env) ([][2]string, string) {
-				e.resolver.fail(errors.New("something odd"))
-				return [][2]string{bearer(e.validKey)}, ""
-			}},
+		{name: "unexpected resolver error fails closed", status: 503, code: proxy.CodeAuthUnavailable, retryAfter: "1",
+			opts:    []option{withResolver(errResolver{errors.New("something odd")})},
+			prepare: func(t *testing.T, e *env) ([][2]string, string) { return [][2]string{bearer(e.validKey)}, "" }},
 		{name: "over the rate limit", status: 429, code: proxy.CodeRateLimited, retryAfter: "2", resolverCalled: true,
 			opts: []option{func(c *proxy.Config) {
 				c.Limiter = &fixedLimiter{res: ratelimit.Result{Allowed: false, RetryAfter: 1500 * time.Millisecond, Limit: ratelimit.Limit{Burst: 5}}}
@@ -172,12 +169,11 @@ func TestDataPlaneOutcomes(t *testing.T) {
 	}
 }
 
-// withIdentity prepares a key whose identity is the valid one changed by f.
-func withIdentity(f func(*keystore.Identity)) func(t *testing.T, e *env) ([][2]string, string) {
+// withSpec prepares a key in the state spec names.
+func withSpec(spec keySpec) func(t *testing.T, e *env) ([][2]string, string) {
 	return func(t *testing.T, e *env) ([][2]string, string) {
-		id := e.identity
-		f(&id)
-		return [][2]string{bearer(e.newKey(t, id))}, ""
+		key, _ := e.newKey(t, spec)
+		return [][2]string{bearer(key)}, ""
 	}
 }
 
@@ -196,19 +192,18 @@ func flipLast(key string) string {
 func TestRefusedKeysAnswerIdentically(t *testing.T) {
 	e := newEnv(t)
 	unknown, _ := e.format.Generate()
-	mk := func(f func(*keystore.Identity)) string {
-		id := e.identity
-		f(&id)
-		return e.newKey(t, id)
+	mk := func(spec keySpec) string {
+		key, _ := e.newKey(t, spec)
+		return key
 	}
 	cases := map[string][][2]string{
 		"unknown":       {bearer(unknown)},
 		"malformed":     {bearer("wev_nope")},
 		"bad checksum":  {bearer(flipLast(e.validKey))},
-		"revoked":       {bearer(mk(func(id *keystore.Identity) { id.Revoked = true }))},
-		"expired":       {bearer(mk(func(id *keystore.Identity) { id.ExpiresAt = time.Now().Add(-time.Second) }))},
-		"deactivated":   {bearer(mk(func(id *keystore.Identity) { id.UserActive = false }))},
-		"moved team":    {bearer(mk(func(id *keystore.Identity) { id.SameTeam = false }))},
+		"revoked":       {bearer(mk(keySpec{revoked: true}))},
+		"expired":       {bearer(mk(keySpec{expired: true}))},
+		"deactivated":   {bearer(mk(keySpec{ownerInactive: true}))},
+		"moved team":    {bearer(mk(keySpec{ownerMoved: true}))},
 		"two lines":     {bearer(e.validKey), bearer(unknown)},
 		"over 1 KiB":    {bearer(strings.Repeat("x", 2000))},
 		"two tokens":    {bearer("a b")},
@@ -264,9 +259,8 @@ func TestEncodedSlashSurvives(t *testing.T) {
 
 func TestUsageTouchedOnlyForAdmittedRequests(t *testing.T) {
 	e := newEnv(t)
-	revoked := e.identity
-	revoked.KeyID, revoked.Revoked = "key_revoked000000000000", true
-	e.do(t, "GET", "/", [][2]string{bearer(e.newKey(t, revoked))})
+	revokedKey, revoked := e.newKey(t, keySpec{revoked: true})
+	e.do(t, "GET", "/", [][2]string{bearer(revokedKey)})
 	e.do(t, "GET", "/", [][2]string{bearer(e.validKey)})
 	e.do(t, "GET", "/", [][2]string{bearer(e.validKey)})
 	if n := e.usage.count(e.identity.KeyID); n != 2 {
@@ -293,7 +287,7 @@ func TestOptionalHooksMayBeNil(t *testing.T) {
 func TestNewRejectsBadConfig(t *testing.T) {
 	format, _ := keystore.NewFormat("wev_")
 	up := mustURL(t, "http://127.0.0.1:1")
-	valid := func() proxy.Config { return proxy.Config{Upstream: up, Format: format, Resolver: newMemResolver()} }
+	valid := func() proxy.Config { return proxy.Config{Upstream: up, Format: format, Resolver: errResolver{}} }
 	tests := []struct {
 		name string
 		edit func(*proxy.Config)

@@ -94,10 +94,7 @@ func TestClientGoneIsRecordedAs499(t *testing.T) {
 }
 
 func TestClientGoneDuringResolveWritesNothing(t *testing.T) {
-	e := newEnv(t)
-	e.resolver.mu.Lock()
-	e.resolver.block = true
-	e.resolver.mu.Unlock()
+	e := newEnv(t, withResolver(blockingResolver{}))
 	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", e.srv.URL+"/", nil)
@@ -159,5 +156,34 @@ func TestRetryAfterRoundsUp(t *testing.T) {
 		if got := res.Header.Get("Retry-After"); got != tt.want {
 			t.Errorf("RetryAfter %s: Retry-After = %q, want %q", tt.d, got, tt.want)
 		}
+	}
+}
+
+// TestWithRealLocalLimiter wires ratelimit's local limiter and header
+// writer: the burst is admitted, the next request refused, and every
+// authenticated answer carries both generations of rate-limit headers.
+func TestWithRealLocalLimiter(t *testing.T) {
+	lim := ratelimit.NewLocal(ratelimit.Policies{Default: ratelimit.Limit{Requests: 1, Per: time.Hour, Burst: 2}}, ratelimit.LocalOptions{})
+	t.Cleanup(lim.Close)
+	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = lim, ratelimit.WriteHeaders })
+	for i, want := range []int{200, 200, 429} {
+		res, body := e.do(t, "GET", "/v1/things", [][2]string{bearer(e.validKey)})
+		if res.StatusCode != want {
+			t.Fatalf("request %d: status %d, want %d", i+1, res.StatusCode, want)
+		}
+		for _, h := range []string{"RateLimit-Policy", "RateLimit", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} {
+			if v := res.Header.Values(h); len(v) != 1 {
+				t.Errorf("request %d: %s = %q, want one value", i+1, h, v)
+			}
+		}
+		if want == 429 {
+			checkProblem(t, res, body, 429, proxy.CodeRateLimited)
+			if ra := res.Header.Values("Retry-After"); len(ra) != 1 || ra[0] == "0" || len(ra[0]) > 4 {
+				t.Errorf("Retry-After = %q, want one value of at least 1 and at most an hour", ra)
+			}
+		}
+	}
+	if n := len(e.up.requests()); n != 2 {
+		t.Errorf("upstream received %d requests, want the 2 admitted", n)
 	}
 }
