@@ -1,0 +1,85 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/wevion/keyproxy/internal/problem"
+	"github.com/wevion/keyproxy/keystore"
+)
+
+// apiError is an error with the status and stable code a client sees.
+type apiError struct {
+	status int
+	code   string
+	title  string
+	detail string
+}
+
+func (e *apiError) Error() string { return "admin: " + e.code + ": " + e.detail }
+
+var (
+	errUnauthorized         = &apiError{http.StatusUnauthorized, "unauthorized", "Unauthorized", "A valid admin token is required."}
+	errNotFound             = &apiError{http.StatusNotFound, "not_found", "Not found", "No such resource."}
+	errForbiddenRole        = &apiError{http.StatusForbidden, "forbidden_role", "Role may not create keys", "Only the configured creator roles may create API keys."}
+	errSubscriptionInactive = &apiError{http.StatusForbidden, "subscription_inactive", "Subscription inactive", "The team's subscription is inactive."}
+	errKeyLimit             = &apiError{http.StatusConflict, "key_limit_reached", "Key limit reached", "The team has reached its limit of active keys; revoke one to create another."}
+	errKeyExpired           = &apiError{http.StatusConflict, "key_expired", "Key expired", "An expired key cannot be given a new expiry; create a new key."}
+	errConflict             = &apiError{http.StatusConflict, "conflict", "Conflict", "The change conflicts with the current state; retry."}
+	errTooLarge             = &apiError{http.StatusRequestEntityTooLarge, "request_too_large", "Request too large", "The request body is too large."}
+	errMediaType            = &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Unsupported media type", "The request body must be application/json."}
+	errAuditUnavailable     = &apiError{http.StatusNotImplemented, "audit_query_unavailable", "Audit query unavailable", "No audit sink that can be queried is configured."}
+	errStoreUnavailable     = &apiError{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable", "The key store is unavailable; retry later."}
+	// errClientGone is what the log and metrics show when the client hung up
+	// before the answer (nginx's 499); the client never sees it.
+	errClientGone = &apiError{499, "client_closed_request", "Client closed request", "The client closed the connection."}
+	errInternal   = &apiError{http.StatusInternalServerError, "internal", "Internal error", "The request failed; the request id identifies it in the logs."}
+)
+
+func badRequest(detail string) *apiError {
+	return &apiError{http.StatusBadRequest, "invalid_request", "Invalid request", detail}
+}
+
+// fail writes err as a problem. Store sentinels map to their codes; anything
+// unexpected becomes 500 internal and is kept for the log line, never shown.
+func fail(w http.ResponseWriter, r *http.Request, err error) {
+	x := exchangeOf(r)
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, keystore.ErrNotFound):
+		ae = errNotFound
+	case errors.Is(err, keystore.ErrTeamInactive):
+		ae = errSubscriptionInactive
+	case errors.Is(err, keystore.ErrKeyLimitReached):
+		ae = errKeyLimit
+	case errors.Is(err, keystore.ErrConflict):
+		ae = errConflict
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		ae = errClientGone
+	case errors.Is(err, keystore.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		ae, x.err = errStoreUnavailable, err
+	default:
+		ae, x.err = errInternal, err
+	}
+	if ae.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	problem.Write(w, problem.Problem{Status: ae.status, Code: ae.code, Title: ae.title, Detail: ae.detail, RequestID: x.requestID})
+}
+
+func methodNotAllowed(allow string) http.HandlerFunc {
+	err := &apiError{http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed", "Allowed methods: " + allow + "."}
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		fail(w, r, err)
+	}
+}
+
+func sortedJoin(s []string) string {
+	slices.Sort(s)
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,643 @@
+package admin_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wevion/keyproxy/admin"
+	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
+)
+
+func TestCreateKey_ReturnsTheKeyOnceAndStoresOnlyItsHash(t *testing.T) {
+	e := newEnv(t)
+	exp := e.clock.Now().Add(48 * time.Hour).Truncate(time.Second)
+	w := e.do("POST", "/admin/v1/keys", `{"name":"  CI deploys  ","user_id":"u-1","team_id":"team.1","role":"owner","expires_at":"`+exp.Format(time.RFC3339)+`"}`,
+		"X-Actor-Id", "alice@example.com")
+	if w.Code != http.StatusCreated {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	var raw map[string]any
+	decode(t, w, &raw)
+	wantFields := []string{"id", "key", "name", "start", "user_id", "team_id", "role", "created_at", "expires_at"}
+	if len(raw) != len(wantFields) {
+		t.Fatalf("fields %v, want exactly %v", raw, wantFields)
+	}
+	var k createdKey
+	decode(t, w, &k)
+	if !e.format.Valid(k.Key) {
+		t.Fatalf("key %q does not pass the format's checksum", k.Key)
+	}
+	if !keystore.ValidID(k.ID) || k.Start != e.format.Start(k.Key) || k.Name != "CI deploys" ||
+		k.UserID != "u-1" || k.TeamID != "team.1" || k.Role != "owner" || k.ExpiresAt == nil || !k.ExpiresAt.Equal(exp) {
+		t.Fatalf("response %+v", k)
+	}
+	if got := w.Header().Get("Location"); got != "/admin/v1/keys/"+k.ID {
+		t.Fatalf("Location %q", got)
+	}
+	if got := w.Header().Get("Cache-Control"); got != "no-store" {
+		t.Fatalf("Cache-Control %q, want no-store", got)
+	}
+	stored, err := e.store.GetKey(context.Background(), k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stored.Hash != keystore.HashKey(k.Key) {
+		t.Fatal("stored hash is not SHA-256 of the returned key")
+	}
+
+	for _, path := range []string{"/admin/v1/keys/" + k.ID, "/admin/v1/keys?team_id=team.1&include_revoked=true"} {
+		w := e.do("GET", path, "")
+		if w.Code != 200 {
+			t.Fatalf("GET %s: %d", path, w.Code)
+		}
+		if strings.Contains(w.Body.String(), k.Key) || strings.Contains(w.Body.String(), `"key"`) {
+			t.Fatalf("GET %s shows the key: %s", path, w.Body)
+		}
+	}
+	ev := e.events.last(t)
+	want := audit.Event{Type: audit.TypeKeyCreated, KeyID: k.ID, UserID: "u-1", TeamID: "team.1", Role: "owner",
+		Actor: "alice@example.com", Method: "POST", Path: "/admin/v1/keys", Status: 201, Outcome: audit.OutcomeSuccess,
+		RequestID: w.Header().Get("X-Request-Id"), ClientIP: "192.0.2.1"}
+	ev.Time, ev.DurationMS, ev.UserAgent = time.Time{}, 0, ""
+	if ev != want {
+		t.Fatalf("event\n%+v\nwant\n%+v", ev, want)
+	}
+}
+
+func TestCreateKey_RefusedRequests(t *testing.T) {
+	e := newEnv(t)
+	future := e.clock.Now().Add(time.Hour).Format(time.RFC3339)
+	valid := func(over string) string {
+		base := map[string]any{"name": "n", "user_id": "u1", "team_id": "t1", "role": "owner"}
+		if over != "" {
+			var o map[string]any
+			if err := json.Unmarshal([]byte(over), &o); err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range o {
+				if v == "<delete>" {
+					delete(base, k)
+				} else {
+					base[k] = v
+				}
+			}
+		}
+		b, _ := json.Marshal(base)
+		return string(b)
+	}
+	tests := []struct {
+		name, body string
+		status     int
+		code       string
+		detail     string // a substring of the detail, naming the field
+	}{
+		{"name missing", valid(`{"name":"<delete>"}`), 400, "invalid_request", `"name" is required`},
+		{"name empty", valid(`{"name":""}`), 400, "invalid_request", `"name"`},
+		{"name only spaces", valid(`{"name":"   "}`), 400, "invalid_request", `"name"`},
+		{"name 101 characters", valid(`{"name":"` + strings.Repeat("é", 101) + `"}`), 400, "invalid_request", `"name"`},
+		{"name with control character", valid(`{"name":"a\u0007b"}`), 400, "invalid_request", `"name"`},
+		{"name with bidi override", valid(`{"name":"a\u202eb"}`), 400, "invalid_request", `"name"`},
+		{"name a number", valid(`{"name":5}`), 400, "invalid_request", `"name" must be a string`},
+		{"user_id missing", valid(`{"user_id":"<delete>"}`), 400, "invalid_request", `"user_id"`},
+		{"user_id with slash", valid(`{"user_id":"a/b"}`), 400, "invalid_request", `"user_id"`},
+		{"user_id 129 characters", valid(`{"user_id":"` + strings.Repeat("u", 129) + `"}`), 400, "invalid_request", `"user_id"`},
+		{"team_id null", valid(`{"team_id":null}`), 400, "invalid_request", `"team_id" is required`},
+		{"team_id a bool", valid(`{"team_id":true}`), 400, "invalid_request", `"team_id" must be a string`},
+		{"role upper case", valid(`{"role":"Owner"}`), 400, "invalid_request", `"role"`},
+		{"role 65 characters", valid(`{"role":"` + strings.Repeat("r", 65) + `"}`), 400, "invalid_request", `"role"`},
+		{"expires_at in the past", valid(`{"expires_at":"2001-01-01T00:00:00Z"}`), 400, "invalid_request", `"expires_at" must be in the future`},
+		{"expires_at not RFC 3339", valid(`{"expires_at":"tomorrow"}`), 400, "invalid_request", `"expires_at"`},
+		{"expires_at a number", valid(`{"expires_at":1700000000}`), 400, "invalid_request", `"expires_at" must be a string`},
+		{"expires_at past the stores' range", valid(`{"expires_at":"9999-12-31T23:59:59Z"}`), 400, "invalid_request", `"expires_at"`},
+		{"unknown field", valid(`{"scopes":["all"]}`), 400, "invalid_request", `"scopes"`},
+		{"field in another case", `{"Name":"n","user_id":"u1","team_id":"t1","role":"owner"}`, 400, "invalid_request", `"Name"`},
+		{"duplicate field", `{"name":"n","name":"m","user_id":"u1","team_id":"t1","role":"owner"}`, 400, "invalid_request", `"name" appears more than once`},
+		{"trailing garbage", valid("") + ` x`, 400, "invalid_request", "after the JSON object"},
+		{"second object", valid("") + valid(""), 400, "invalid_request", "after the JSON object"},
+		{"array", `[` + valid("") + `]`, 400, "invalid_request", "JSON object"},
+		{"null", `null`, 400, "invalid_request", "JSON object"},
+		{"truncated", `{"name":"n"`, 400, "invalid_request", "ends inside"},
+		{"syntax error", `{"name":"n",}`, 400, "invalid_request", "not valid JSON"},
+		{"role may not create keys", valid(`{"role":"member"}`), 403, "forbidden_role", ""},
+		{"expired just now", valid(`{"expires_at":"` + e.clock.Now().Format(time.RFC3339Nano) + `"}`), 400, "invalid_request", "future"},
+		{"future expiry accepted", valid(`{"expires_at":"` + future + `"}`), 201, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := e.do("POST", "/admin/v1/keys", tt.body)
+			if tt.status == 201 {
+				if w.Code != 201 {
+					t.Fatalf("status %d: %s", w.Code, w.Body)
+				}
+				return
+			}
+			p := wantProblem(t, w, tt.status, tt.code)
+			if !strings.Contains(p.Detail, tt.detail) {
+				t.Fatalf("detail %q does not contain %q", p.Detail, tt.detail)
+			}
+		})
+	}
+}
+
+func TestCreateKey_BodyLimitsAndMediaType(t *testing.T) {
+	e := newEnv(t, func(c *admin.Config) { c.MaxBodyBytes = 1024 })
+	body := `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`
+	t.Run("oversized body is 413", func(t *testing.T) {
+		huge := `{"name":"` + strings.Repeat("a", 2048) + `","user_id":"u1","team_id":"t1","role":"owner"}`
+		p := wantProblem(t, e.do("POST", "/admin/v1/keys", huge), 413, "request_too_large")
+		if strings.Contains(p.Detail, "aaaa") {
+			t.Fatal("detail echoes the body")
+		}
+	})
+	t.Run("huge unknown field name is not echoed", func(t *testing.T) {
+		p := wantProblem(t, e.do("POST", "/admin/v1/keys", `{"`+strings.Repeat("z", 900)+`":1}`), 400, "invalid_request")
+		if len(p.Detail) > 200 {
+			t.Fatalf("detail is %d bytes: %q", len(p.Detail), p.Detail)
+		}
+	})
+	t.Run("text/plain is 415", func(t *testing.T) {
+		wantProblem(t, e.do("POST", "/admin/v1/keys", body, "Content-Type", "text/plain"), 415, "unsupported_media_type")
+	})
+	t.Run("form is 415", func(t *testing.T) {
+		wantProblem(t, e.do("POST", "/admin/v1/keys", body, "Content-Type", "application/x-www-form-urlencoded"), 415, "unsupported_media_type")
+	})
+	for _, ct := range []string{"application/json; charset=utf-8", "application/merge-patch+json", ""} {
+		t.Run("accepted content type "+ct, func(t *testing.T) {
+			if w := e.do("POST", "/admin/v1/keys", body, "Content-Type", ct); w.Code != 201 {
+				t.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+		})
+	}
+	t.Run("empty body", func(t *testing.T) {
+		wantProblem(t, e.do("POST", "/admin/v1/keys", "", "Content-Type", "application/json"), 400, "invalid_request")
+	})
+}
+
+func TestCreateKey_InactiveTeamIsRefused(t *testing.T) {
+	e := newEnv(t)
+	if w := e.do("PUT", "/admin/v1/teams/t1", `{"active":false}`); w.Code != 200 {
+		t.Fatalf("PUT team: %d %s", w.Code, w.Body)
+	}
+	wantProblem(t, e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`), 403, "subscription_inactive")
+}
+
+func TestCreateKey_ConcurrentCreatesRespectTeamLimit(t *testing.T) {
+	e := newEnv(t)
+	srv := httptest.NewServer(e.h)
+	defer srv.Close()
+	const n = 50
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		counts = map[string]int{}
+	)
+	for i := range n {
+		wg.Go(func() {
+			body := fmt.Sprintf(`{"name":"k%d","user_id":"u%d","team_id":"busy-team","role":"admin"}`, i, i%5)
+			req, _ := http.NewRequest("POST", srv.URL+"/admin/v1/keys", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+testToken)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			var p struct{ Code string }
+			_ = json.NewDecoder(resp.Body).Decode(&p)
+			mu.Lock()
+			counts[fmt.Sprintf("%d %s", resp.StatusCode, p.Code)]++
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if counts["201 "] != 10 || counts["409 key_limit_reached"] != 40 || len(counts) != 2 {
+		t.Fatalf("outcomes %v, want 10 × 201 and 40 × 409 key_limit_reached", counts)
+	}
+	keys, err := e.store.ListKeys(context.Background(), keystore.KeyFilter{TeamID: "busy-team"})
+	if err != nil || len(keys) != 10 {
+		t.Fatalf("store holds %d keys (%v), want 10", len(keys), err)
+	}
+}
+
+func TestCreateKey_RoleChangeEvictsOwnersOtherKeys(t *testing.T) {
+	e := newEnv(t)
+	first := e.create("a", "u1", "t1", "admin")
+	e.evictor.reset()
+	e.create("b", "u1", "t1", "owner")
+	if got := e.evictor.evicted(); len(got) != 1 || got[0] != keystore.HashKey(first.Key) {
+		t.Fatalf("evicted %v, want the first key's hash", got)
+	}
+}
+
+func TestListKeys_Filters(t *testing.T) {
+	e := newEnv(t)
+	a := e.create("a", "u1", "t1", "owner")
+	e.clock.Add(time.Second) // created_at orders the list
+	b := e.create("b", "u2", "t1", "admin")
+	e.create("c", "u3", "t2", "owner")
+	if w := e.do("DELETE", "/admin/v1/keys/"+a.ID, ""); w.Code != 204 {
+		t.Fatalf("DELETE: %d", w.Code)
+	}
+	ids := func(w *httptest.ResponseRecorder) []string {
+		t.Helper()
+		if w.Code != 200 {
+			t.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+		var out struct {
+			Keys []map[string]any `json:"keys"`
+		}
+		decode(t, w, &out)
+		var got []string
+		for _, k := range out.Keys {
+			if _, ok := k["key"]; ok {
+				t.Fatal("list shows a key")
+			}
+			got = append(got, k["id"].(string))
+		}
+		return got
+	}
+	tests := []struct {
+		name, query string
+		want        []string
+	}{
+		{"team, active only", "team_id=t1", []string{b.ID}},
+		{"include revoked, newest first", "team_id=t1&include_revoked=true", []string{b.ID, a.ID}},
+		{"one user", "team_id=t1&user_id=u1&include_revoked=true", []string{a.ID}},
+		{"empty team", "team_id=nobody", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ids(e.do("GET", "/admin/v1/keys?"+tt.query, ""))
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Fatalf("ids %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if body := e.do("GET", "/admin/v1/keys?team_id=nobody", "").Body.String(); strings.TrimSpace(body) != `{"keys":[]}` {
+		t.Fatalf("empty list body %s", body)
+	}
+	for _, q := range []string{"", "team_id=", "team_id=a/b", "team_id=t1&team_id=t2", "team_id=t1&include_revoked=yes",
+		"team_id=t1&user_id=", "team_id=t1&limit=5", "team_id=t1&%zz"} {
+		t.Run("refused "+q, func(t *testing.T) {
+			wantProblem(t, e.do("GET", "/admin/v1/keys?"+q, ""), 400, "invalid_request")
+		})
+	}
+}
+
+func TestGetKey_ShapeAndNotFound(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	w := e.do("GET", "/admin/v1/keys/"+k.ID, "")
+	if w.Code != 200 {
+		t.Fatalf("status %d", w.Code)
+	}
+	var raw map[string]any
+	decode(t, w, &raw)
+	for _, f := range []string{"id", "name", "start", "user_id", "team_id", "role", "created_at", "last_used_at", "expires_at", "revoked_at"} {
+		if _, ok := raw[f]; !ok {
+			t.Errorf("field %q missing from %s", f, w.Body)
+		}
+	}
+	if len(raw) != 10 || raw["expires_at"] != nil || raw["revoked_at"] != nil || raw["last_used_at"] != nil {
+		t.Fatalf("body %s", w.Body)
+	}
+	if ts, _ := raw["created_at"].(string); !strings.HasSuffix(ts, "Z") {
+		t.Fatalf("created_at %q is not UTC", ts)
+	}
+	for _, id := range []string{"key_AAAAAAAAAAAAAAAAAAAA", "nope", "key_" + strings.Repeat("A", 21), "key_AAAAAAAAAAAAAAAAAAA%21"} {
+		wantProblem(t, e.do("GET", "/admin/v1/keys/"+id, ""), 404, "not_found")
+	}
+}
+
+func TestPatchKey_NullClearsAbsentLeavesAlone(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("old", "u1", "t1", "owner")
+	exp := e.clock.Now().Add(24 * time.Hour).Truncate(time.Second)
+	get := func() map[string]any {
+		var m map[string]any
+		decode(t, e.do("GET", "/admin/v1/keys/"+k.ID, ""), &m)
+		return m
+	}
+	patch := func(body string) map[string]any {
+		t.Helper()
+		w := e.do("PATCH", "/admin/v1/keys/"+k.ID, body)
+		if w.Code != 200 {
+			t.Fatalf("PATCH %s: %d %s", body, w.Code, w.Body)
+		}
+		var m map[string]any
+		decode(t, w, &m)
+		return m
+	}
+	e.evictor.reset()
+	if m := patch(`{"expires_at":"` + exp.Format(time.RFC3339) + `"}`); m["expires_at"] != exp.Format(time.RFC3339) || m["name"] != "old" {
+		t.Fatalf("after setting expiry: %v", m)
+	}
+	if m := patch(`{"name":"new"}`); m["expires_at"] != exp.Format(time.RFC3339) || m["name"] != "new" {
+		t.Fatalf("absent expires_at changed the expiry: %v", m)
+	}
+	if m := patch(`{"expires_at":null}`); m["expires_at"] != nil || m["name"] != "new" {
+		t.Fatalf("null did not clear the expiry: %v", m)
+	}
+	if m := get(); m["expires_at"] != nil || m["name"] != "new" {
+		t.Fatalf("stored: %v", m)
+	}
+	h := keystore.HashKey(k.Key)
+	if got := e.evictor.evicted(); len(got) != 3 || got[0] != h || got[1] != h || got[2] != h {
+		t.Fatalf("evicted %d hashes, want the key's hash after each PATCH", len(got))
+	}
+	if ev := e.events.last(t); ev.Type != audit.TypeKeyUpdated || ev.KeyID != k.ID || ev.Status != 200 {
+		t.Fatalf("event %+v", ev)
+	}
+}
+
+func TestPatchKey_RefusedRequests(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	soon := e.create("b", "u1", "t1", "owner")
+	inAnHour := e.clock.Now().Add(time.Hour).Format(time.RFC3339)
+	if w := e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":"`+inAnHour+`"}`); w.Code != 200 {
+		t.Fatalf("PATCH: %d", w.Code)
+	}
+	tests := []struct {
+		name, id, body string
+		status         int
+		code           string
+	}{
+		{"empty object", k.ID, `{}`, 400, "invalid_request"},
+		{"name null", k.ID, `{"name":null}`, 400, "invalid_request"},
+		{"name empty", k.ID, `{"name":""}`, 400, "invalid_request"},
+		{"expiry in the past", k.ID, `{"expires_at":"2000-01-01T00:00:00Z"}`, 400, "invalid_request"},
+		{"expiry a number", k.ID, `{"expires_at":0}`, 400, "invalid_request"},
+		{"unknown field", k.ID, `{"revoked_at":null}`, 400, "invalid_request"},
+		{"unknown key", "key_AAAAAAAAAAAAAAAAAAAA", `{"name":"x"}`, 404, "not_found"},
+		{"malformed id", "x", `{"name":"x"}`, 404, "not_found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+tt.id, tt.body), tt.status, tt.code)
+		})
+	}
+	t.Run("an expired key gets no new expiry", func(t *testing.T) {
+		e.clock.Add(2 * time.Hour)
+		later := e.clock.Now().Add(time.Hour).Format(time.RFC3339)
+		wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":"`+later+`"}`), 409, "key_expired")
+		wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":null}`), 409, "key_expired")
+		if w := e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"name":"renaming is fine"}`); w.Code != 200 {
+			t.Fatalf("rename of expired key: %d %s", w.Code, w.Body)
+		}
+	})
+}
+
+func TestRevokeKey_TwiceIsNoContentAndEvictsTheKey(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	e.evictor.reset()
+	for i := range 2 {
+		w := e.do("DELETE", "/admin/v1/keys/"+k.ID, "", "X-Actor-Id", "bob")
+		if w.Code != 204 || w.Body.Len() != 0 {
+			t.Fatalf("DELETE #%d: %d %s", i+1, w.Code, w.Body)
+		}
+		if got := w.Header().Get("Keyproxy-Revocation-Acks"); got != "1/1" {
+			t.Fatalf("Keyproxy-Revocation-Acks %q, want 1/1", got)
+		}
+		e.clock.Add(time.Second)
+	}
+	if got := e.evictor.evicted(); len(got) != 2 || got[0] != keystore.HashKey(k.Key) || got[1] != got[0] {
+		t.Fatalf("evicted %v, want the key's hash on each DELETE", got)
+	}
+	stored, err := e.store.GetKey(context.Background(), k.ID)
+	if err != nil || stored.RevokedAt == nil {
+		t.Fatalf("stored %+v %v: not revoked", stored, err)
+	}
+	ev := e.events.last(t)
+	if ev.Type != audit.TypeKeyRevoked || ev.KeyID != k.ID || ev.Actor != "bob" || ev.Status != 204 || ev.Method != "DELETE" {
+		t.Fatalf("event %+v", ev)
+	}
+	wantProblem(t, e.do("DELETE", "/admin/v1/keys/key_AAAAAAAAAAAAAAAAAAAA", ""), 404, "not_found")
+	wantProblem(t, e.do("DELETE", "/admin/v1/keys/not-an-id", ""), 404, "not_found")
+}
+
+// failingStore is the real store with one method made to fail, as a
+// store outage or a bug would.
+type failingStore struct {
+	admin.Store
+	err error
+}
+
+func (s failingStore) CreateKey(context.Context, keystore.NewKey) (keystore.Key, error) {
+	return keystore.Key{}, s.err
+}
+
+func TestStoreErrors_MapToProblems(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		status int
+		code   string
+	}{
+		{"unavailable", fmt.Errorf("sqlite: database is locked: %w", keystore.ErrUnavailable), 503, "store_unavailable"},
+		{"deadline", context.DeadlineExceeded, 503, "store_unavailable"},
+		{"conflict", fmt.Errorf("dup: %w", keystore.ErrConflict), 409, "conflict"},
+		{"unexpected", errors.New("constraint failed: secret-internal-detail"), 500, "internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var store admin.Store
+			e := newEnv(t, func(c *admin.Config) {
+				store = failingStore{Store: c.Store, err: tt.err}
+				c.Store = store
+			})
+			w := e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`)
+			wantProblem(t, w, tt.status, tt.code)
+			if strings.Contains(w.Body.String(), "secret-internal-detail") || strings.Contains(w.Body.String(), "sqlite") {
+				t.Fatalf("error text reached the client: %s", w.Body)
+			}
+			if tt.status == 503 && w.Header().Get("Retry-After") == "" {
+				t.Fatal("503 without Retry-After")
+			}
+			if tt.status == 500 {
+				logged := 0
+				for _, en := range e.logs.FilterMessage("admin request").All() {
+					if en.Level == zapcore.ErrorLevel && en.ContextMap()["error"] == tt.err.Error() {
+						logged++
+					}
+				}
+				if logged != 1 {
+					t.Fatalf("the 500's cause was logged %d times, want once", logged)
+				}
+			}
+			if len(e.events.all()) != 0 {
+				t.Fatal("a failed action was audited as a success")
+			}
+		})
+	}
+}
+
+func TestStoreClosed_IsUnavailable(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	e.store.Close()
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`},
+		{"GET", "/admin/v1/keys/" + k.ID, ""},
+		{"GET", "/admin/v1/keys?team_id=t1", ""},
+		{"DELETE", "/admin/v1/keys/" + k.ID, ""},
+		{"PUT", "/admin/v1/teams/t1", `{"active":true}`},
+	} {
+		wantProblem(t, e.do(c.method, c.path, c.body), 503, "store_unavailable")
+	}
+}
+
+// A client that hangs up after sending DELETE must not leave a revoked
+// key in the caches.
+func TestRevokeKey_EvictsEvenWhenClientIsGone(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	e.evictor.reset()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := httptest.NewRequestWithContext(ctx, "DELETE", "/admin/v1/keys/"+k.ID, nil)
+	r.Header.Set("Authorization", "Bearer "+testToken)
+	e.h.ServeHTTP(httptest.NewRecorder(), r)
+	if got := e.evictor.evicted(); len(got) != 1 || got[0] != keystore.HashKey(k.Key) {
+		t.Fatalf("evicted %v", got)
+	}
+	if stored, _ := e.store.GetKey(context.Background(), k.ID); stored.RevokedAt == nil {
+		t.Fatal("not revoked")
+	}
+}
+
+func TestRouting_NotFoundAndMethodNotAllowed(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+	}{
+		{"GET", "/nope", 404, ""},
+		{"GET", "/admin/v1/nope", 404, ""},
+		{"GET", "/admin/v1/keys/", 404, ""},
+		{"GET", "/admin/v1/keys/a/b", 404, ""},
+		{"PUT", "/admin/v1/keys", 405, "GET, HEAD, POST"},
+		{"POST", "/admin/v1/keys/key_AAAAAAAAAAAAAAAAAAAA", 405, "DELETE, GET, HEAD, PATCH"},
+		{"GET", "/admin/v1/users/u1", 405, "PUT"},
+		{"DELETE", "/admin/v1/teams/t1", 405, "PUT"},
+		{"POST", "/admin/v1/audit", 405, "GET, HEAD"},
+		{"POST", "/healthz", 405, "GET, HEAD"},
+		{"DELETE", "/metrics", 405, "GET, HEAD"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			w := e.do(tt.method, tt.path, "")
+			code := "not_found"
+			if tt.status == 405 {
+				code = "method_not_allowed"
+			}
+			wantProblem(t, w, tt.status, code)
+			if got := w.Header().Get("Allow"); got != tt.allow {
+				t.Fatalf("Allow %q, want %q", got, tt.allow)
+			}
+		})
+	}
+}
+
+func TestResponses_HeadHasNoBody(t *testing.T) {
+	e := newEnv(t)
+	srv := httptest.NewServer(e.h)
+	defer srv.Close()
+	resp, err := http.Head(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !bytes.Equal(b, nil) {
+		t.Fatalf("HEAD /healthz: %d %q", resp.StatusCode, b)
+	}
+}
+
+// The guarantee behind DELETE: once it returns, this replica's cache no
+// longer admits the key, though it had just cached it as valid.
+func TestRevokeKey_CachedIdentityIsInvalidOnReturn(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	ctx := context.Background()
+	h := keystore.HashKey(k.Key)
+	id, err := e.resolver.Resolve(ctx, h)
+	if err != nil || id.Check(time.Now()) != keystore.StatusValid {
+		t.Fatalf("before: %+v %v", id, err)
+	}
+	if w := e.do("DELETE", "/admin/v1/keys/"+k.ID, ""); w.Code != 204 {
+		t.Fatalf("DELETE: %d", w.Code)
+	}
+	id, err = e.resolver.Resolve(ctx, h)
+	if err != nil || id.Check(time.Now()) != keystore.StatusInvalid {
+		t.Fatalf("after DELETE the resolver says %+v %v", id, err)
+	}
+}
+
+// PATCH's eviction makes a new expiry, and PUT's a new role or team state,
+// visible on the very next resolve.
+func TestChanges_ReachTheCacheAtOnce(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	ctx := context.Background()
+	h := keystore.HashKey(k.Key)
+	resolve := func() keystore.Identity {
+		t.Helper()
+		id, err := e.resolver.Resolve(ctx, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	resolve() // cached
+	exp := e.clock.Now().Add(time.Hour).Truncate(time.Second)
+	e.do("PATCH", "/admin/v1/keys/"+k.ID, `{"expires_at":"`+exp.Format(time.RFC3339)+`"}`)
+	if got := resolve().ExpiresAt; !got.Equal(exp) {
+		t.Fatalf("cached expiry %v after PATCH, want %v", got, exp)
+	}
+	e.do("PUT", "/admin/v1/users/u1", `{"team_id":"t1","role":"admin","active":true}`)
+	if got := resolve().Role; got != "admin" {
+		t.Fatalf("cached role %q after PUT user", got)
+	}
+	e.do("PUT", "/admin/v1/teams/t1", `{"active":false}`)
+	if got := resolve().Check(time.Now()); got != keystore.StatusTeamInactive {
+		t.Fatalf("status %v after the team was deactivated", got)
+	}
+	e.do("PUT", "/admin/v1/teams/t1", `{"active":true}`)
+	e.create("b", "u1", "t2", "owner") // moves the owner to another team
+	if got := resolve().Check(time.Now()); got != keystore.StatusInvalid {
+		t.Fatalf("status %v after the owner moved team, want invalid", got)
+	}
+}
+
+func TestClientGone_IsLoggedAs499NotAnError(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := httptest.NewRequestWithContext(ctx, "GET", "/admin/v1/keys?team_id=t1", nil)
+	r.Header.Set("Authorization", "Bearer "+testToken)
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	if w.Code != 499 {
+		t.Fatalf("status %d: %s", w.Code, w.Body)
+	}
+	if n := e.logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+		t.Fatalf("%d error lines for a client that hung up", n)
+	}
+}

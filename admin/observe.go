@@ -1,0 +1,174 @@
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wevion/keyproxy/audit"
+)
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	keysCreated prometheus.Counter
+	keysRevoked prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyproxy_admin_requests_total",
+			Help: "Admin listener requests by route pattern and HTTP status code.",
+		}, []string{"route", "code"}),
+		keysCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyproxy_keys_created_total",
+			Help: "API keys created through the admin API.",
+		}),
+		keysRevoked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyproxy_keys_revoked_total",
+			Help: "API keys revoked through the admin API (repeat revocations not counted).",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.keysCreated, m.keysRevoked} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("admin: registering metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// statusWriter remembers the status code for the log line and metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 && code >= 200 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) status() int {
+	if w.code == 0 {
+		return http.StatusOK
+	}
+	return w.code
+}
+
+// observe counts the request and logs one line: Info for /admin calls,
+// Debug for probes and scrapes, Error for 5xx. The Authorization header and
+// request bodies are never logged.
+func (h *Handler) observe(r *http.Request, sw *statusWriter, x *exchange, route string, admin bool, d time.Duration) {
+	status := sw.status()
+	if route == "" {
+		route = "unmatched"
+	}
+	h.metrics.requests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	lvl := zapcore.DebugLevel
+	switch {
+	case status >= 500:
+		lvl = zapcore.ErrorLevel
+	case admin:
+		lvl = zapcore.InfoLevel
+	}
+	ce := h.log.Check(lvl, "admin request")
+	if ce == nil {
+		return
+	}
+	fields := []zap.Field{
+		zap.String("method", r.Method),
+		zap.String("path", h.safePath(r.URL.Path)),
+		zap.String("route", route),
+		zap.Int("status", status),
+		zap.Duration("duration", d),
+		zap.String("request_id", x.requestID),
+		zap.String("client_ip", x.clientIP),
+	}
+	if x.actor != "" {
+		fields = append(fields, zap.String("actor", x.actor))
+	}
+	if x.err != nil {
+		fields = append(fields, zap.Error(x.err))
+	}
+	ce.Write(fields...)
+}
+
+const maxLoggedPath = 256
+
+// safePath keeps a key pasted into a URL out of the log: a path segment
+// holding the key prefix and long enough to hold a secret is replaced.
+func (h *Handler) safePath(p string) string {
+	if prefix := h.format.Prefix(); strings.Contains(p, prefix) {
+		segs := strings.Split(p, "/")
+		for i, s := range segs {
+			if len(s) > len(prefix)+8 && strings.Contains(s, prefix) {
+				segs[i] = "[redacted]"
+			}
+		}
+		p = strings.Join(segs, "/")
+	}
+	if len(p) > maxLoggedPath {
+		p = strings.ToValidUTF8(p[:maxLoggedPath], "") + "…"
+	}
+	return p
+}
+
+const maxUserAgent = 256
+
+// record completes ev with the request's facts and hands it to the
+// recorder. Only successful actions are recorded.
+func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
+	if h.recorder == nil {
+		return
+	}
+	x := exchangeOf(r)
+	ua := r.UserAgent()
+	if len(ua) > maxUserAgent {
+		ua = strings.ToValidUTF8(ua[:maxUserAgent], "")
+	}
+	ev.Time = h.now().UTC()
+	ev.RequestID = x.requestID
+	ev.Actor = x.actor
+	ev.Method = r.Method
+	ev.Path = r.URL.Path
+	ev.Status = status
+	ev.DurationMS = float64(time.Since(x.started).Microseconds()) / 1000
+	ev.ClientIP = x.clientIP
+	ev.UserAgent = ua
+	ev.Outcome = audit.OutcomeSuccess
+	h.recorder.Record(ev)
+}
+
+// writeJSON sends v; admin responses are small, so it is marshalled first
+// and a failure can still become a 500.
+func writeJSON(w http.ResponseWriter, r *http.Request, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		fail(w, r, fmt.Errorf("encoding response: %w", err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
