@@ -1,20 +1,15 @@
 package admin_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/admin"
 	"github.com/wevion/keyproxy/audit"
@@ -194,42 +189,54 @@ func TestCreateKey_InactiveTeamIsRefused(t *testing.T) {
 	wantProblem(t, e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`), 403, "subscription_inactive")
 }
 
+// The product's team limit under contention, through the HTTP API, on
+// both stores.
 func TestCreateKey_ConcurrentCreatesRespectTeamLimit(t *testing.T) {
-	e := newEnv(t)
-	srv := httptest.NewServer(e.h)
-	defer srv.Close()
-	const n = 50
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		counts = map[string]int{}
-	)
-	for i := range n {
-		wg.Go(func() {
-			body := fmt.Sprintf(`{"name":"k%d","user_id":"u%d","team_id":"busy-team","role":"admin"}`, i, i%5)
-			req, _ := http.NewRequest("POST", srv.URL+"/admin/v1/keys", strings.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+testToken)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := srv.Client().Do(req)
-			if err != nil {
-				t.Error(err)
-				return
+	for _, tc := range []struct {
+		name string
+		open func(testing.TB) storeUnderTest
+	}{
+		{"sqlite", func(t testing.TB) storeUnderTest { return openStore(t) }},
+		{"postgres", func(t testing.TB) storeUnderTest { return openPostgres(t) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnvOn(t, tc.open(t))
+			srv := httptest.NewServer(e.h)
+			defer srv.Close()
+			const n = 50
+			var (
+				wg     sync.WaitGroup
+				mu     sync.Mutex
+				counts = map[string]int{}
+			)
+			for i := range n {
+				wg.Go(func() {
+					body := fmt.Sprintf(`{"name":"k%d","user_id":"u%d","team_id":"busy-team","role":"admin"}`, i, i%5)
+					req, _ := http.NewRequest("POST", srv.URL+"/admin/v1/keys", strings.NewReader(body))
+					req.Header.Set("Authorization", "Bearer "+testToken)
+					req.Header.Set("Content-Type", "application/json")
+					resp, err := srv.Client().Do(req)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					defer resp.Body.Close()
+					var p struct{ Code string }
+					_ = json.NewDecoder(resp.Body).Decode(&p)
+					mu.Lock()
+					counts[fmt.Sprintf("%d %s", resp.StatusCode, p.Code)]++
+					mu.Unlock()
+				})
 			}
-			defer resp.Body.Close()
-			var p struct{ Code string }
-			_ = json.NewDecoder(resp.Body).Decode(&p)
-			mu.Lock()
-			counts[fmt.Sprintf("%d %s", resp.StatusCode, p.Code)]++
-			mu.Unlock()
+			wg.Wait()
+			if counts["201 "] != 10 || counts["409 key_limit_reached"] != 40 || len(counts) != 2 {
+				t.Fatalf("outcomes %v, want 10 × 201 and 40 × 409 key_limit_reached", counts)
+			}
+			keys, err := e.store.ListKeys(context.Background(), keystore.KeyFilter{TeamID: "busy-team"})
+			if err != nil || len(keys) != 10 {
+				t.Fatalf("store holds %d keys (%v), want 10", len(keys), err)
+			}
 		})
-	}
-	wg.Wait()
-	if counts["201 "] != 10 || counts["409 key_limit_reached"] != 40 || len(counts) != 2 {
-		t.Fatalf("outcomes %v, want 10 × 201 and 40 × 409 key_limit_reached", counts)
-	}
-	keys, err := e.store.ListKeys(context.Background(), keystore.KeyFilter{TeamID: "busy-team"})
-	if err != nil || len(keys) != 10 {
-		t.Fatalf("store holds %d keys (%v), want 10", len(keys), err)
 	}
 }
 
@@ -320,324 +327,5 @@ func TestGetKey_ShapeAndNotFound(t *testing.T) {
 	}
 	for _, id := range []string{"key_AAAAAAAAAAAAAAAAAAAA", "nope", "key_" + strings.Repeat("A", 21), "key_AAAAAAAAAAAAAAAAAAA%21"} {
 		wantProblem(t, e.do("GET", "/admin/v1/keys/"+id, ""), 404, "not_found")
-	}
-}
-
-func TestPatchKey_NullClearsAbsentLeavesAlone(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("old", "u1", "t1", "owner")
-	exp := e.clock.Now().Add(24 * time.Hour).Truncate(time.Second)
-	get := func() map[string]any {
-		var m map[string]any
-		decode(t, e.do("GET", "/admin/v1/keys/"+k.ID, ""), &m)
-		return m
-	}
-	patch := func(body string) map[string]any {
-		t.Helper()
-		w := e.do("PATCH", "/admin/v1/keys/"+k.ID, body)
-		if w.Code != 200 {
-			t.Fatalf("PATCH %s: %d %s", body, w.Code, w.Body)
-		}
-		var m map[string]any
-		decode(t, w, &m)
-		return m
-	}
-	e.evictor.reset()
-	if m := patch(`{"expires_at":"` + exp.Format(time.RFC3339) + `"}`); m["expires_at"] != exp.Format(time.RFC3339) || m["name"] != "old" {
-		t.Fatalf("after setting expiry: %v", m)
-	}
-	if m := patch(`{"name":"new"}`); m["expires_at"] != exp.Format(time.RFC3339) || m["name"] != "new" {
-		t.Fatalf("absent expires_at changed the expiry: %v", m)
-	}
-	if m := patch(`{"expires_at":null}`); m["expires_at"] != nil || m["name"] != "new" {
-		t.Fatalf("null did not clear the expiry: %v", m)
-	}
-	if m := get(); m["expires_at"] != nil || m["name"] != "new" {
-		t.Fatalf("stored: %v", m)
-	}
-	h := keystore.HashKey(k.Key)
-	if got := e.evictor.evicted(); len(got) != 3 || got[0] != h || got[1] != h || got[2] != h {
-		t.Fatalf("evicted %d hashes, want the key's hash after each PATCH", len(got))
-	}
-	if ev := e.events.last(t); ev.Type != audit.TypeKeyUpdated || ev.KeyID != k.ID || ev.Status != 200 {
-		t.Fatalf("event %+v", ev)
-	}
-}
-
-func TestPatchKey_RefusedRequests(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	soon := e.create("b", "u1", "t1", "owner")
-	inAnHour := e.clock.Now().Add(time.Hour).Format(time.RFC3339)
-	if w := e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":"`+inAnHour+`"}`); w.Code != 200 {
-		t.Fatalf("PATCH: %d", w.Code)
-	}
-	tests := []struct {
-		name, id, body string
-		status         int
-		code           string
-	}{
-		{"empty object", k.ID, `{}`, 400, "invalid_request"},
-		{"name null", k.ID, `{"name":null}`, 400, "invalid_request"},
-		{"name empty", k.ID, `{"name":""}`, 400, "invalid_request"},
-		{"expiry in the past", k.ID, `{"expires_at":"2000-01-01T00:00:00Z"}`, 400, "invalid_request"},
-		{"expiry a number", k.ID, `{"expires_at":0}`, 400, "invalid_request"},
-		{"unknown field", k.ID, `{"revoked_at":null}`, 400, "invalid_request"},
-		{"unknown key", "key_AAAAAAAAAAAAAAAAAAAA", `{"name":"x"}`, 404, "not_found"},
-		{"malformed id", "x", `{"name":"x"}`, 404, "not_found"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+tt.id, tt.body), tt.status, tt.code)
-		})
-	}
-	t.Run("an expired key gets no new expiry", func(t *testing.T) {
-		e.clock.Add(2 * time.Hour)
-		later := e.clock.Now().Add(time.Hour).Format(time.RFC3339)
-		wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":"`+later+`"}`), 409, "key_expired")
-		wantProblem(t, e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"expires_at":null}`), 409, "key_expired")
-		if w := e.do("PATCH", "/admin/v1/keys/"+soon.ID, `{"name":"renaming is fine"}`); w.Code != 200 {
-			t.Fatalf("rename of expired key: %d %s", w.Code, w.Body)
-		}
-	})
-}
-
-func TestRevokeKey_TwiceIsNoContentAndEvictsTheKey(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	e.evictor.reset()
-	for i := range 2 {
-		w := e.do("DELETE", "/admin/v1/keys/"+k.ID, "", "X-Actor-Id", "bob")
-		if w.Code != 204 || w.Body.Len() != 0 {
-			t.Fatalf("DELETE #%d: %d %s", i+1, w.Code, w.Body)
-		}
-		if got := w.Header().Get("Keyproxy-Revocation-Acks"); got != "1/1" {
-			t.Fatalf("Keyproxy-Revocation-Acks %q, want 1/1", got)
-		}
-		e.clock.Add(time.Second)
-	}
-	if got := e.evictor.evicted(); len(got) != 2 || got[0] != keystore.HashKey(k.Key) || got[1] != got[0] {
-		t.Fatalf("evicted %v, want the key's hash on each DELETE", got)
-	}
-	stored, err := e.store.GetKey(context.Background(), k.ID)
-	if err != nil || stored.RevokedAt == nil {
-		t.Fatalf("stored %+v %v: not revoked", stored, err)
-	}
-	ev := e.events.last(t)
-	if ev.Type != audit.TypeKeyRevoked || ev.KeyID != k.ID || ev.Actor != "bob" || ev.Status != 204 || ev.Method != "DELETE" {
-		t.Fatalf("event %+v", ev)
-	}
-	wantProblem(t, e.do("DELETE", "/admin/v1/keys/key_AAAAAAAAAAAAAAAAAAAA", ""), 404, "not_found")
-	wantProblem(t, e.do("DELETE", "/admin/v1/keys/not-an-id", ""), 404, "not_found")
-}
-
-// failingStore is the real store with one method made to fail, as a
-// store outage or a bug would.
-type failingStore struct {
-	admin.Store
-	err error
-}
-
-func (s failingStore) CreateKey(context.Context, keystore.NewKey) (keystore.Key, error) {
-	return keystore.Key{}, s.err
-}
-
-func TestStoreErrors_MapToProblems(t *testing.T) {
-	tests := []struct {
-		name   string
-		err    error
-		status int
-		code   string
-	}{
-		{"unavailable", fmt.Errorf("sqlite: database is locked: %w", keystore.ErrUnavailable), 503, "store_unavailable"},
-		{"deadline", context.DeadlineExceeded, 503, "store_unavailable"},
-		{"conflict", fmt.Errorf("dup: %w", keystore.ErrConflict), 409, "conflict"},
-		{"unexpected", errors.New("constraint failed: secret-internal-detail"), 500, "internal"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var store admin.Store
-			e := newEnv(t, func(c *admin.Config) {
-				store = failingStore{Store: c.Store, err: tt.err}
-				c.Store = store
-			})
-			w := e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`)
-			wantProblem(t, w, tt.status, tt.code)
-			if strings.Contains(w.Body.String(), "secret-internal-detail") || strings.Contains(w.Body.String(), "sqlite") {
-				t.Fatalf("error text reached the client: %s", w.Body)
-			}
-			if tt.status == 503 && w.Header().Get("Retry-After") == "" {
-				t.Fatal("503 without Retry-After")
-			}
-			if tt.status == 500 {
-				logged := 0
-				for _, en := range e.logs.FilterMessage("admin request").All() {
-					if en.Level == zapcore.ErrorLevel && en.ContextMap()["error"] == tt.err.Error() {
-						logged++
-					}
-				}
-				if logged != 1 {
-					t.Fatalf("the 500's cause was logged %d times, want once", logged)
-				}
-			}
-			if len(e.events.all()) != 0 {
-				t.Fatal("a failed action was audited as a success")
-			}
-		})
-	}
-}
-
-func TestStoreClosed_IsUnavailable(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	e.store.Close()
-	for _, c := range []struct{ method, path, body string }{
-		{"POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t1","role":"owner"}`},
-		{"GET", "/admin/v1/keys/" + k.ID, ""},
-		{"GET", "/admin/v1/keys?team_id=t1", ""},
-		{"DELETE", "/admin/v1/keys/" + k.ID, ""},
-		{"PUT", "/admin/v1/teams/t1", `{"active":true}`},
-	} {
-		wantProblem(t, e.do(c.method, c.path, c.body), 503, "store_unavailable")
-	}
-}
-
-// A client that hangs up after sending DELETE must not leave a revoked
-// key in the caches.
-func TestRevokeKey_EvictsEvenWhenClientIsGone(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	e.evictor.reset()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	r := httptest.NewRequestWithContext(ctx, "DELETE", "/admin/v1/keys/"+k.ID, nil)
-	r.Header.Set("Authorization", "Bearer "+testToken)
-	e.h.ServeHTTP(httptest.NewRecorder(), r)
-	if got := e.evictor.evicted(); len(got) != 1 || got[0] != keystore.HashKey(k.Key) {
-		t.Fatalf("evicted %v", got)
-	}
-	if stored, _ := e.store.GetKey(context.Background(), k.ID); stored.RevokedAt == nil {
-		t.Fatal("not revoked")
-	}
-}
-
-func TestRouting_NotFoundAndMethodNotAllowed(t *testing.T) {
-	e := newEnv(t)
-	tests := []struct {
-		method, path string
-		status       int
-		allow        string
-	}{
-		{"GET", "/nope", 404, ""},
-		{"GET", "/admin/v1/nope", 404, ""},
-		{"GET", "/admin/v1/keys/", 404, ""},
-		{"GET", "/admin/v1/keys/a/b", 404, ""},
-		{"PUT", "/admin/v1/keys", 405, "GET, HEAD, POST"},
-		{"POST", "/admin/v1/keys/key_AAAAAAAAAAAAAAAAAAAA", 405, "DELETE, GET, HEAD, PATCH"},
-		{"GET", "/admin/v1/users/u1", 405, "PUT"},
-		{"DELETE", "/admin/v1/teams/t1", 405, "PUT"},
-		{"POST", "/admin/v1/audit", 405, "GET, HEAD"},
-		{"POST", "/healthz", 405, "GET, HEAD"},
-		{"DELETE", "/metrics", 405, "GET, HEAD"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
-			w := e.do(tt.method, tt.path, "")
-			code := "not_found"
-			if tt.status == 405 {
-				code = "method_not_allowed"
-			}
-			wantProblem(t, w, tt.status, code)
-			if got := w.Header().Get("Allow"); got != tt.allow {
-				t.Fatalf("Allow %q, want %q", got, tt.allow)
-			}
-		})
-	}
-}
-
-func TestResponses_HeadHasNoBody(t *testing.T) {
-	e := newEnv(t)
-	srv := httptest.NewServer(e.h)
-	defer srv.Close()
-	resp, err := http.Head(srv.URL + "/healthz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || !bytes.Equal(b, nil) {
-		t.Fatalf("HEAD /healthz: %d %q", resp.StatusCode, b)
-	}
-}
-
-// The guarantee behind DELETE: once it returns, this replica's cache no
-// longer admits the key, though it had just cached it as valid.
-func TestRevokeKey_CachedIdentityIsInvalidOnReturn(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	ctx := context.Background()
-	h := keystore.HashKey(k.Key)
-	id, err := e.resolver.Resolve(ctx, h)
-	if err != nil || id.Check(time.Now()) != keystore.StatusValid {
-		t.Fatalf("before: %+v %v", id, err)
-	}
-	if w := e.do("DELETE", "/admin/v1/keys/"+k.ID, ""); w.Code != 204 {
-		t.Fatalf("DELETE: %d", w.Code)
-	}
-	id, err = e.resolver.Resolve(ctx, h)
-	if err != nil || id.Check(time.Now()) != keystore.StatusInvalid {
-		t.Fatalf("after DELETE the resolver says %+v %v", id, err)
-	}
-}
-
-// PATCH's eviction makes a new expiry, and PUT's a new role or team state,
-// visible on the very next resolve.
-func TestChanges_ReachTheCacheAtOnce(t *testing.T) {
-	e := newEnv(t)
-	k := e.create("a", "u1", "t1", "owner")
-	ctx := context.Background()
-	h := keystore.HashKey(k.Key)
-	resolve := func() keystore.Identity {
-		t.Helper()
-		id, err := e.resolver.Resolve(ctx, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
-	resolve() // cached
-	exp := e.clock.Now().Add(time.Hour).Truncate(time.Second)
-	e.do("PATCH", "/admin/v1/keys/"+k.ID, `{"expires_at":"`+exp.Format(time.RFC3339)+`"}`)
-	if got := resolve().ExpiresAt; !got.Equal(exp) {
-		t.Fatalf("cached expiry %v after PATCH, want %v", got, exp)
-	}
-	e.do("PUT", "/admin/v1/users/u1", `{"team_id":"t1","role":"admin","active":true}`)
-	if got := resolve().Role; got != "admin" {
-		t.Fatalf("cached role %q after PUT user", got)
-	}
-	e.do("PUT", "/admin/v1/teams/t1", `{"active":false}`)
-	if got := resolve().Check(time.Now()); got != keystore.StatusTeamInactive {
-		t.Fatalf("status %v after the team was deactivated", got)
-	}
-	e.do("PUT", "/admin/v1/teams/t1", `{"active":true}`)
-	e.create("b", "u1", "t2", "owner") // moves the owner to another team
-	if got := resolve().Check(time.Now()); got != keystore.StatusInvalid {
-		t.Fatalf("status %v after the owner moved team, want invalid", got)
-	}
-}
-
-func TestClientGone_IsLoggedAs499NotAnError(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	r := httptest.NewRequestWithContext(ctx, "GET", "/admin/v1/keys?team_id=t1", nil)
-	r.Header.Set("Authorization", "Bearer "+testToken)
-	w := httptest.NewRecorder()
-	e.h.ServeHTTP(w, r)
-	if w.Code != 499 {
-		t.Fatalf("status %d: %s", w.Code, w.Body)
-	}
-	if n := e.logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
-		t.Fatalf("%d error lines for a client that hung up", n)
 	}
 }

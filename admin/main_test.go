@@ -21,6 +21,7 @@ import (
 
 	"github.com/wevion/keyproxy/admin"
 	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/internal/testserver"
 	"github.com/wevion/keyproxy/keystore"
 )
 
@@ -33,12 +34,12 @@ const (
 	otherToken = "second-admin-token-abcdefghij"
 )
 
-// env is an admin handler over a real SQLite store in a temp dir and the
-// real in-process resolver that caches its identities.
+// env is an admin handler over a real store (SQLite in a temp dir unless
+// a test asks for PostgreSQL) and the real in-process resolver.
 type env struct {
 	t        testing.TB
 	h        *admin.Handler
-	store    *keystore.SQLite
+	store    storeUnderTest
 	resolver *keystore.Resolver
 	evictor  *recordingEvictor
 	events   *recordingRecorder
@@ -58,14 +59,36 @@ func openStore(t testing.TB) *keystore.SQLite {
 	return s
 }
 
+// storeUnderTest is a real store: what the handler uses, plus what the
+// tests read back.
+type storeUnderTest interface {
+	admin.Store
+	keystore.Backend
+	Close() error
+}
+
+func openPostgres(t testing.TB) *keystore.Postgres {
+	t.Helper()
+	s, err := keystore.OpenPostgres(testserver.Context(t), testserver.NewPostgresDB(t), keystore.PostgresOptions{MaxConns: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func newEnv(t testing.TB, opts ...func(*admin.Config)) *env {
+	t.Helper()
+	return newEnvOn(t, openStore(t), opts...)
+}
+
+func newEnvOn(t testing.TB, store storeUnderTest, opts ...func(*admin.Config)) *env {
 	t.Helper()
 	format, err := keystore.NewFormat("wev_")
 	if err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	store := openStore(t)
 	resolver, err := keystore.NewResolver(store, keystore.ResolverOptions{TTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
