@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -283,23 +284,12 @@ func (h *Handler) begin(r *http.Request) *exchange {
 // retryAfter renders d in whole seconds, rounded up and at least 1, so a
 // client that obeys it never retries before a request could succeed.
 func retryAfter(d time.Duration) string {
-	s := int64((d + time.Second - 1) / time.Second)
-	if s < 1 {
-		s = 1
+	s := int64(d / time.Second)
+	if d%time.Second > 0 {
+		s++
 	}
-	if s < int64(len(smallInts)) {
-		return smallInts[s]
-	}
-	return fmt.Sprint(s)
+	return strconv.FormatInt(max(s, 1), 10)
 }
-
-// smallInts spares the common Retry-After values an allocation.
-var smallInts = func() (t [121]string) {
-	for i := range t {
-		t[i] = fmt.Sprint(i)
-	}
-	return t
-}()
 
 func (h *Handler) writeRateLimit(hdr http.Header, e *exchange) {
 	if e.limited && h.rlHeaders != nil {

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"net/http"
 	"testing"
@@ -149,7 +150,7 @@ func TestRetryAfterRoundsUp(t *testing.T) {
 	for _, tt := range []struct {
 		d    time.Duration
 		want string
-	}{{0, "1"}, {time.Millisecond, "1"}, {time.Second, "1"}, {time.Second + 1, "2"}, {90 * time.Second, "90"}, {3 * time.Hour, "10800"}} {
+	}{{0, "1"}, {time.Millisecond, "1"}, {time.Second, "1"}, {time.Second + 1, "2"}, {90 * time.Second, "90"}, {3 * time.Hour, "10800"}, {math.MaxInt64, "9223372037"}} {
 		lim := &fixedLimiter{res: ratelimit.Result{Allowed: false, RetryAfter: tt.d}}
 		e := newEnv(t, func(c *proxy.Config) { c.Limiter = lim })
 		res, _ := e.do(t, "GET", "/", [][2]string{bearer(e.validKey)})
