@@ -1,0 +1,515 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+var eventIDPattern = regexp.MustCompile(`^evt_[0-9A-HJKMNP-TV-Z]{26}$`)
+
+func TestRecord_FillsIDAndTimeAsUTCMicroseconds(t *testing.T) {
+	berlin := time.FixedZone("CET", 3600)
+	now := time.Date(2025, 6, 1, 12, 0, 0, 123456789, berlin)
+	sink := newMemSink("mem")
+	p := newTestPipeline(t, Options{Now: func() time.Time { return now }}, sink)
+
+	p.Record(Event{Type: TypeAPIRequest})
+	given := time.Date(2024, 1, 2, 3, 4, 5, 999, berlin)
+	p.Record(Event{ID: "evt_given", Time: given, Type: TypeKeyCreated})
+	closePipeline(t, p)
+
+	got := sink.snapshot()
+	if len(got) != 2 {
+		t.Fatalf("%d events, want 2", len(got))
+	}
+	if !eventIDPattern.MatchString(got[0].ID) {
+		t.Errorf("generated id %q is not evt_ + ULID", got[0].ID)
+	}
+	if want := now.UTC().Truncate(time.Microsecond); !got[0].Time.Equal(want) || got[0].Time.Location() != time.UTC {
+		t.Errorf("filled time %v, want %v in UTC", got[0].Time, want)
+	}
+	if got[1].ID != "evt_given" {
+		t.Errorf("given id replaced by %q", got[1].ID)
+	}
+	if want := given.UTC().Truncate(time.Microsecond); !got[1].Time.Equal(want) || got[1].Time.Location() != time.UTC {
+		t.Errorf("given time became %v, want %v in UTC", got[1].Time, want)
+	}
+}
+
+func TestNewEventID_SortsByMillisecondAndIsUnique(t *testing.T) {
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	prev := ""
+	for i := range 1000 {
+		id := NewEventID(base.Add(time.Duration(i) * time.Millisecond))
+		if !eventIDPattern.MatchString(id) {
+			t.Fatalf("id %q is not evt_ + ULID", id)
+		}
+		if id <= prev {
+			t.Fatalf("id %q for a later millisecond sorts before %q", id, prev)
+		}
+		prev = id
+	}
+	seen := make(map[string]bool, 100000)
+	for range 100000 {
+		id := NewEventID(base)
+		if seen[id] {
+			t.Fatalf("duplicate id %q within one millisecond", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestRecord_NormalisesClientControlledText(t *testing.T) {
+	long := strings.Repeat("é", 600) // 1200 bytes
+	tests := []struct {
+		name  string
+		in    Event
+		check func(t *testing.T, e Event)
+	}{
+		{"query string is cut from the path", Event{Path: "/v1/x?api_key=secret&a=b"}, func(t *testing.T, e Event) {
+			if e.Path != "/v1/x" {
+				t.Errorf("path %q", e.Path)
+			}
+		}},
+		{"fragment is cut from the path", Event{Path: "/v1/x#frag"}, func(t *testing.T, e Event) {
+			if e.Path != "/v1/x" {
+				t.Errorf("path %q", e.Path)
+			}
+		}},
+		{"invalid UTF-8 and NUL are replaced", Event{Path: "/a\xff\x00b", UserAgent: "x\x00"}, func(t *testing.T, e Event) {
+			if e.Path != "/a\uFFFD\uFFFDb" || e.UserAgent != "x\uFFFD" {
+				t.Errorf("path %q, user agent %q", e.Path, e.UserAgent)
+			}
+		}},
+		{"long text is cut on a rune boundary", Event{UserAgent: long, Path: "/" + long + long}, func(t *testing.T, e Event) {
+			if len(e.UserAgent) > maxFieldLen || !utf8.ValidString(e.UserAgent) {
+				t.Errorf("user agent of %d bytes, valid %v", len(e.UserAgent), utf8.ValidString(e.UserAgent))
+			}
+			if len(e.Path) > maxPathLen || !utf8.ValidString(e.Path) {
+				t.Errorf("path of %d bytes", len(e.Path))
+			}
+		}},
+		{"ordinary text is untouched", Event{Path: "/v1/Zoë", UserAgent: "curl/8.5"}, func(t *testing.T, e Event) {
+			if e.Path != "/v1/Zoë" || e.UserAgent != "curl/8.5" {
+				t.Errorf("path %q, user agent %q", e.Path, e.UserAgent)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sink := newMemSink("mem")
+			p := newTestPipeline(t, Options{}, sink)
+			p.Record(tt.in)
+			closePipeline(t, p)
+			tt.check(t, sink.snapshot()[0])
+		})
+	}
+}
+
+func TestPipeline_DeliversEveryEventToEverySinkUnderConcurrentLoad(t *testing.T) {
+	a, b := newMemSink("a"), newMemSink("b")
+	p := newTestPipeline(t, Options{BatchSize: 64, QueueSize: 1024}, a, b)
+	const workers, each = 8, 2500
+	var (
+		mu   sync.Mutex
+		want []string
+		wg   sync.WaitGroup
+	)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mine := make([]string, 0, each)
+			for i := range each {
+				id := fmt.Sprintf("evt_w%d_%d", w, i)
+				p.Record(Event{ID: id, Type: TypeAPIRequest})
+				mine = append(mine, id)
+			}
+			mu.Lock()
+			want = append(want, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	closePipeline(t, p)
+	assertSameIDs(t, "sink a", a.snapshot(), want)
+	assertSameIDs(t, "sink b", b.snapshot(), want)
+	for _, s := range []string{"a", "b"} {
+		if got := counterValue(t, p.m.events, s, "written"); got != workers*each {
+			t.Errorf("written{sink=%s} = %d, want %d", s, got, workers*each)
+		}
+	}
+	for _, n := range a.batches {
+		if n > 64 {
+			t.Fatalf("a batch of %d events exceeds BatchSize 64", n)
+		}
+	}
+}
+
+func TestPipeline_FlushesAPartialBatchAfterFlushInterval(t *testing.T) {
+	sink := newMemSink("mem")
+	p := newTestPipeline(t, Options{FlushInterval: 20 * time.Millisecond}, sink)
+	for range 3 {
+		p.Record(Event{Type: TypeAPIRequest})
+	}
+	eventually(t, "3 events written without Close", func() bool { return sink.count() == 3 })
+}
+
+func TestPipeline_RetriesAFailedBatchUntilItSucceeds(t *testing.T) {
+	sink := newMemSink("flaky")
+	sink.fail = func(attempt int) error {
+		if attempt <= 2 {
+			return errBackendDown
+		}
+		return nil
+	}
+	spill := newMemSink("spill")
+	p := newTestPipeline(t, Options{RetryBackoff: time.Millisecond, Spill: spill}, sink)
+	for range 10 {
+		p.Record(Event{Type: TypeAPIRequest})
+	}
+	closePipeline(t, p)
+	if sink.count() != 10 || spill.count() != 0 {
+		t.Fatalf("sink has %d, spill %d; want 10 and 0", sink.count(), spill.count())
+	}
+	if got := counterValue(t, p.m.events, "flaky", "written"); got != 10 {
+		t.Fatalf("written = %d, want 10", got)
+	}
+}
+
+func TestPipeline_SpillsAndCountsWhatAFailingSinkCannotTake(t *testing.T) {
+	broken, healthy, spill := newMemSink("broken"), newMemSink("healthy"), newMemSink("spill")
+	broken.fail = alwaysFail
+	core, logs := observer.New(zapcore.InfoLevel)
+	p := newTestPipeline(t, Options{RetryBackoff: time.Millisecond, Spill: spill, Logger: zap.New(core), BatchSize: 10}, broken, healthy)
+	var want []string
+	for i := range 95 {
+		id := fmt.Sprintf("evt_%d", i)
+		want = append(want, id)
+		p.Record(Event{ID: id, Type: TypeAPIRequest})
+	}
+	closePipeline(t, p)
+
+	assertSameIDs(t, "healthy sink", healthy.snapshot(), want)
+	assertSameIDs(t, "spill", spill.snapshot(), want)
+	for _, c := range []struct {
+		labels []string
+		want   int
+	}{
+		{[]string{"broken", "spilled"}, 95},
+		{[]string{"broken", "written"}, 0},
+		{[]string{"healthy", "written"}, 95},
+		{[]string{"healthy", "spilled"}, 0},
+	} {
+		if got := counterValue(t, p.m.events, c.labels...); got != c.want {
+			t.Errorf("events_total%v = %d, want %d", c.labels, got, c.want)
+		}
+	}
+	if got := counterValue(t, p.m.spilled, ReasonSinkError); got != 95 {
+		t.Errorf("spilled_total{reason=sink_error} = %d, want 95", got)
+	}
+	if logs.FilterMessage("audit: sink failing, spilling its batches").Len() == 0 {
+		t.Error("the sink's failure was not logged")
+	}
+	// Once failing, a sink gets one attempt per batch, not 1+Retries:
+	// 10 batches, the first with 3 attempts.
+	broken.mu.Lock()
+	attempts := broken.attempts
+	broken.mu.Unlock()
+	if attempts != 12 {
+		t.Errorf("%d attempts on the failing sink, want 12 (3 for the first batch, 1 for each later one)", attempts)
+	}
+}
+
+func TestPipeline_CountsAndLogsDropsWhenTheSpillSinkFailsToo(t *testing.T) {
+	broken, spill := newMemSink("broken"), newMemSink("spill")
+	broken.fail, spill.fail = alwaysFail, alwaysFail
+	core, logs := observer.New(zapcore.InfoLevel)
+	p := newTestPipeline(t, Options{Retries: -1, Spill: spill, Logger: zap.New(core)}, broken)
+	for range 7 {
+		p.Record(Event{Type: TypeAPIRequest})
+	}
+	closePipeline(t, p)
+	if got := counterValue(t, p.m.events, "broken", "dropped"); got != 7 {
+		t.Errorf("events_total{broken,dropped} = %d, want 7", got)
+	}
+	if got := counterValue(t, p.m.dropped, ReasonSinkError); got != 7 {
+		t.Errorf("dropped_total{sink_error} = %d, want 7", got)
+	}
+	if logs.FilterLevelExact(zapcore.ErrorLevel).Len() == 0 {
+		t.Error("the drop was not logged at error level")
+	}
+}
+
+func TestPipeline_AStalledSinkDoesNotHoldBackTheOthers(t *testing.T) {
+	stalled, healthy, spill := newMemSink("stalled"), newMemSink("healthy"), newMemSink("spill")
+	stalled.gate = make(chan struct{})
+	p := newTestPipeline(t, Options{BatchSize: 50, FlushInterval: 10 * time.Millisecond, Spill: spill}, stalled, healthy)
+	for range 500 {
+		p.Record(Event{Type: TypeAPIRequest})
+	}
+	eventually(t, "the healthy sink to get all 500 events", func() bool { return healthy.count() == 500 })
+	if stalled.count() != 0 {
+		t.Fatalf("the stalled sink wrote %d events", stalled.count())
+	}
+	close(stalled.gate)
+	closePipeline(t, p)
+	if stalled.count() != 500 || spill.count() != 0 {
+		t.Fatalf("after the stall: stalled sink %d, spill %d; want 500 and 0 (its backlog holds them)", stalled.count(), spill.count())
+	}
+}
+
+func TestRecord_WaitsAtMostMaxWaitWhenTheQueueIsFullThenSpills(t *testing.T) {
+	stalled, spill := newMemSink("stalled"), newMemSink("spill")
+	stalled.gate = make(chan struct{})
+	const maxWait = 20 * time.Millisecond
+	p := newTestPipeline(t, Options{QueueSize: 4, BatchSize: 2, MaxWait: maxWait, Spill: spill}, stalled)
+	var want []string
+	var slowest time.Duration
+	for i := range 200 {
+		id := fmt.Sprintf("evt_%d", i)
+		want = append(want, id)
+		start := time.Now()
+		p.Record(Event{ID: id, Type: TypeAPIRequest})
+		slowest = max(slowest, time.Since(start))
+	}
+	// A generous bound on the guarantee, not a speed test.
+	if slowest > maxWait+2*time.Second {
+		t.Errorf("a Record blocked %v with MaxWait %v", slowest, maxWait)
+	}
+	close(stalled.gate)
+	closePipeline(t, p)
+
+	got := append(stalled.snapshot(), spill.snapshot()...)
+	assertSameIDs(t, "sink and spill together", got, want)
+	written := counterValue(t, p.m.events, "stalled", "written")
+	spilled := counterValue(t, p.m.events, "stalled", "spilled")
+	if written+spilled != 200 || spilled == 0 {
+		t.Fatalf("written %d + spilled %d, want 200 with some spilled", written, spilled)
+	}
+	byReason := counterValue(t, p.m.spilled, ReasonQueueFull) + counterValue(t, p.m.spilled, ReasonSinkBacklog)
+	if byReason != spilled {
+		t.Fatalf("spilled_total by reason = %d, per sink %d", byReason, spilled)
+	}
+}
+
+func TestRecord_AfterCloseSpillsInsteadOfLosing(t *testing.T) {
+	sink, spill := newMemSink("mem"), newMemSink("spill")
+	p := newTestPipeline(t, Options{Spill: spill}, sink)
+	closePipeline(t, p)
+	p.Record(Event{ID: "evt_late", Type: TypeAPIRequest})
+	if got := spill.snapshot(); len(got) != 1 || got[0].ID != "evt_late" {
+		t.Fatalf("spill got %v", got)
+	}
+	if got := counterValue(t, p.m.spilled, ReasonClosed); got != 1 {
+		t.Fatalf("spilled_total{closed} = %d, want 1", got)
+	}
+}
+
+func TestClose_UnderLoadLosesNothing(t *testing.T) {
+	sink, spill := newMemSink("slow"), newMemSink("spill")
+	sink.fail = func(int) error { time.Sleep(time.Millisecond); return nil }
+	p := newTestPipeline(t, Options{BatchSize: 32, Spill: spill}, sink)
+	var (
+		stop   atomic.Bool
+		mu     sync.Mutex
+		want   []string
+		wg     sync.WaitGroup
+		issued atomic.Int64
+	)
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []string
+			for i := 0; !stop.Load(); i++ {
+				id := fmt.Sprintf("evt_w%d_%d", w, i)
+				p.Record(Event{ID: id, Type: TypeAPIRequest})
+				mine = append(mine, id)
+				issued.Add(1)
+			}
+			mu.Lock()
+			want = append(want, mine...)
+			mu.Unlock()
+		}()
+	}
+	eventually(t, "load to build up", func() bool { return issued.Load() > 5000 })
+	closePipeline(t, p)
+	stop.Store(true)
+	wg.Wait()
+
+	// Every event is in the sink (recorded before Close) or the spill
+	// (recorded after), exactly once.
+	assertSameIDs(t, "sink and spill together", append(sink.snapshot(), spill.snapshot()...), want)
+	if got := counterValue(t, p.m.spilled, ReasonClosed); got != spill.count() {
+		t.Fatalf("spilled_total{closed} = %d, spill holds %d", got, spill.count())
+	}
+}
+
+func TestClose_WhenTheContextEndsSpillsTheBacklogAndSaysSo(t *testing.T) {
+	stalled, spill := newMemSink("stalled"), newMemSink("spill")
+	stalled.gate = make(chan struct{}) // never opened: honours only ctx
+	p := newTestPipeline(t, Options{BatchSize: 10, Spill: spill}, stalled)
+	var want []string
+	for i := range 100 {
+		id := fmt.Sprintf("evt_%d", i)
+		want = append(want, id)
+		p.Record(Event{ID: id, Type: TypeAPIRequest})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := p.Close(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "100 event writes spilled") {
+		t.Fatalf("Close = %v, want a deadline error reporting 100 spilled", err)
+	}
+	assertSameIDs(t, "spill", spill.snapshot(), want)
+	if got := counterValue(t, p.m.spilled, ReasonShutdown); got != 100 {
+		t.Fatalf("spilled_total{shutdown} = %d, want 100", got)
+	}
+	if got := counterValue(t, p.m.events, "stalled", "spilled"); got != 100 {
+		t.Fatalf("events_total{stalled,spilled} = %d, want 100", got)
+	}
+}
+
+func TestClose_IsIdempotent(t *testing.T) {
+	p := newTestPipeline(t, Options{}, newMemSink("mem"))
+	closePipeline(t, p)
+	closePipeline(t, p)
+}
+
+func TestNewPipeline_RejectsBadSinks(t *testing.T) {
+	tests := []struct {
+		name  string
+		sinks []Sink
+	}{
+		{"no sink", nil},
+		{"nil sink", []Sink{nil}},
+		{"duplicate names", []Sink{newMemSink("x"), newMemSink("x")}},
+		{"empty name", []Sink{newMemSink("")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if p, err := NewPipeline(Options{}, tt.sinks...); err == nil {
+				_ = p.Close(context.Background())
+				t.Fatal("NewPipeline accepted it")
+			}
+		})
+	}
+}
+
+func TestNewPipeline_RefusesToRegisterItsMetricsTwice(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newTestPipeline(t, Options{Registerer: reg}, newMemSink("mem"))
+	if p, err := NewPipeline(Options{Registerer: reg}, newMemSink("mem")); err == nil {
+		_ = p.Close(context.Background())
+		t.Fatal("a second pipeline registered the same metrics")
+	}
+	// The failed attempt left the registry as it was.
+	if n, err := testutil.GatherAndCount(reg, "keyproxy_audit_events_total"); err != nil || n == 0 {
+		t.Fatalf("first pipeline's metrics: %d series, %v", n, err)
+	}
+}
+
+func TestPipeline_ExposesItsMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	broken, spill := newMemSink("broken"), newMemSink("spill")
+	broken.fail = alwaysFail
+	p := newTestPipeline(t, Options{Registerer: reg, Retries: -1, Spill: spill}, broken, newMemSink("mem"))
+	for range 3 {
+		p.Record(Event{Type: TypeAPIRequest})
+	}
+	closePipeline(t, p)
+	want := `
+# HELP keyproxy_audit_events_total Audit events by sink and fate: written to the sink, spilled to the spill sink instead, or dropped because the spill sink failed too.
+# TYPE keyproxy_audit_events_total counter
+keyproxy_audit_events_total{result="dropped",sink="broken"} 0
+keyproxy_audit_events_total{result="dropped",sink="mem"} 0
+keyproxy_audit_events_total{result="spilled",sink="broken"} 3
+keyproxy_audit_events_total{result="spilled",sink="mem"} 0
+keyproxy_audit_events_total{result="written",sink="broken"} 0
+keyproxy_audit_events_total{result="written",sink="mem"} 3
+# HELP keyproxy_audit_dropped_total Audit events lost because even the spill sink failed, by reason.
+# TYPE keyproxy_audit_dropped_total counter
+keyproxy_audit_dropped_total{reason="closed"} 0
+keyproxy_audit_dropped_total{reason="queue_full"} 0
+keyproxy_audit_dropped_total{reason="shutdown"} 0
+keyproxy_audit_dropped_total{reason="sink_backlog"} 0
+keyproxy_audit_dropped_total{reason="sink_error"} 0
+# HELP keyproxy_audit_spilled_total Audit events written to the spill sink, by reason.
+# TYPE keyproxy_audit_spilled_total counter
+keyproxy_audit_spilled_total{reason="closed"} 0
+keyproxy_audit_spilled_total{reason="queue_full"} 0
+keyproxy_audit_spilled_total{reason="shutdown"} 0
+keyproxy_audit_spilled_total{reason="sink_backlog"} 0
+keyproxy_audit_spilled_total{reason="sink_error"} 3
+# HELP keyproxy_audit_queue_length Audit events waiting to be batched.
+# TYPE keyproxy_audit_queue_length gauge
+keyproxy_audit_queue_length 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"keyproxy_audit_events_total", "keyproxy_audit_dropped_total", "keyproxy_audit_spilled_total", "keyproxy_audit_queue_length"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "keyproxy_audit_batch_duration_seconds"); err != nil || n != 2 {
+		t.Fatalf("batch duration histograms: %d, %v; want one per sink", n, err)
+	}
+}
+
+func TestPipeline_SpillsToTheLoggerByDefault(t *testing.T) {
+	broken := newMemSink("broken")
+	broken.fail = alwaysFail
+	core, logs := observer.New(zapcore.InfoLevel)
+	p := newTestPipeline(t, Options{Retries: -1, Logger: zap.New(core)}, broken)
+	p.Record(Event{ID: "evt_spilled", Type: TypeAPIRequest})
+	closePipeline(t, p)
+	found := false
+	for _, e := range logs.FilterMessage("audit event").All() {
+		if e.ContextMap()["id"] == "evt_spilled" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("the spilled event is not in the log")
+	}
+}
+
+func FuzzClean(f *testing.F) {
+	for _, s := range []string{"", "abcdefgh", "abc\x00defgh", "abcdefg\x00", "é", "abcdefgh\x80", "\xff\xfe", "日本語テキスト", "\x7f\x7f\x7f\x7f\x7f\x7f\x7f\x00\x7f"} {
+		f.Add(s, 8)
+	}
+	f.Fuzz(func(t *testing.T, s string, n int) {
+		if n < 0 || n > 4096 {
+			return
+		}
+		got := clean(s, n)
+		if len(got) > n || !utf8.ValidString(got) || strings.IndexByte(got, 0) >= 0 {
+			t.Fatalf("clean(%q, %d) = %q: too long, invalid or with NUL", s, n, got)
+		}
+		plain := true
+		for i := 0; i < len(s); i++ {
+			if s[i] == 0 || s[i] >= utf8.RuneSelf {
+				plain = false
+			}
+		}
+		if plainASCII(s) != plain {
+			t.Fatalf("plainASCII(%q) = %v", s, !plain)
+		}
+		if utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 && len(s) <= n && got != s {
+			t.Fatalf("clean changed a clean string %q to %q", s, got)
+		}
+	})
+}
