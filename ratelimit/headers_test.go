@@ -114,3 +114,18 @@ func TestWriteHeaders_SharedValuesAreNotCorruptedByAppends(t *testing.T) {
 		t.Fatalf("second response's RateLimit-Policy = %q, want only ours", got)
 	}
 }
+
+func TestHotPath_AllocatesAtMostOnceForTheDecisionAndTwiceForHeaders(t *testing.T) {
+	l := NewLocal(testPolicies(), LocalOptions{})
+	defer l.Close()
+	ctx := context.Background()
+	l.Allow(ctx, "u1", "member")
+	if n := testing.AllocsPerRun(200, func() { l.Allow(ctx, "u1", "member") }); n > 1 {
+		t.Errorf("Local.Allow: %.1f allocs per call, want ≤ 1", n)
+	}
+	res := l.Allow(ctx, "u1", "member")
+	h := make(http.Header, 8)
+	if n := testing.AllocsPerRun(200, func() { WriteHeaders(h, res) }); n > 2 {
+		t.Errorf("WriteHeaders: %.1f allocs per call, want ≤ 2", n)
+	}
+}
