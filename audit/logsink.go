@@ -28,10 +28,12 @@ type LogSink struct {
 func NewLogSink(l *zap.Logger) *LogSink { return &LogSink{core: l.Core(), name: l.Name()} }
 
 // NewEventLogger returns a logger for LogSink whose JSON lines carry no
-// level, timestamp, message or caller: only the event's fields.
+// level, timestamp, message or caller: only the event's fields. Writes to
+// w are serialised, so lines from the sink's writer and from spills never
+// interleave.
 func NewEventLogger(w zapcore.WriteSyncer) *zap.Logger {
 	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{LineEnding: zapcore.DefaultLineEnding})
-	return zap.New(zapcore.NewCore(enc, w, zapcore.InfoLevel))
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(w), zapcore.InfoLevel))
 }
 
 // Name implements Sink.

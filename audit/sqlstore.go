@@ -54,7 +54,7 @@ type SQLStore struct {
 	o       StoreOptions
 	log     *zap.Logger
 
-	insertFull string // SQLite: the INSERT for a full chunk, built once
+	insertFull *sql.Stmt // SQLite: the INSERT of a full chunk, prepared once
 
 	mu   sync.Mutex
 	stop context.CancelFunc // set while the purge loop runs
@@ -158,13 +158,19 @@ func NewSQLStore(db *sql.DB, dialect Dialect, o StoreOptions) (*SQLStore, error)
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
-	if dialect == SQLite {
-		s.insertFull = sqliteInsert(sqliteChunk)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.migrate(ctx); err != nil {
 		return nil, err
+	}
+	if dialect == SQLite {
+		// Parsing an INSERT of thousands of parameters costs more than
+		// running it: prepare it once per connection, not per batch.
+		stmt, err := db.PrepareContext(ctx, sqliteInsert(sqliteChunk))
+		if err != nil {
+			return nil, fmt.Errorf("audit: store: preparing the insert: %w", err)
+		}
+		s.insertFull = stmt
 	}
 	return s, nil
 }
@@ -193,9 +199,13 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 	return nil
 }
 
+// sqliteInsert builds a multi-row INSERT. OR IGNORE, like PostgreSQL's ON
+// CONFLICT DO NOTHING, makes a retried batch idempotent; unlike ON
+// CONFLICT it also tells SQLite the statement cannot abort halfway, which
+// spares it a statement journal (a third of the write time).
 func sqliteInsert(rows int) string {
 	var b strings.Builder
-	b.WriteString("INSERT INTO audit_events (" + columns + ") VALUES ")
+	b.WriteString("INSERT OR IGNORE INTO audit_events (" + columns + ") VALUES ")
 	row := "(" + strings.Repeat("?,", numColumns-1) + "?)"
 	for i := range rows {
 		if i > 0 {
@@ -203,7 +213,6 @@ func sqliteInsert(rows int) string {
 		}
 		b.WriteString(row)
 	}
-	b.WriteString(" ON CONFLICT (id) DO NOTHING")
 	return b.String()
 }
 
@@ -266,11 +275,13 @@ func (s *SQLStore) writeSQLite(ctx context.Context, batch []Event) error {
 				e.UserID, e.TeamID, e.Role, e.Actor, e.Method, e.Path, e.Status, e.DurationMS,
 				e.ClientIP, e.UserAgent, e.Outcome)
 		}
-		query := s.insertFull
-		if len(chunk) != sqliteChunk {
-			query = sqliteInsert(len(chunk))
+		var err error
+		if len(chunk) == sqliteChunk {
+			_, err = tx.StmtContext(ctx, s.insertFull).ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, sqliteInsert(len(chunk)), args...)
 		}
-		if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -343,8 +354,8 @@ func (s *SQLStore) purgeLoop(ctx context.Context) {
 	}
 }
 
-// Close stops the purge loop and waits for it. It does not close the
-// database.
+// Close stops the purge loop and waits for it; close the pipeline writing
+// to the store first. It does not close the database.
 func (s *SQLStore) Close() error {
 	s.mu.Lock()
 	if s.stop != nil {
@@ -352,5 +363,8 @@ func (s *SQLStore) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.insertFull != nil {
+		return s.insertFull.Close()
+	}
 	return nil
 }
