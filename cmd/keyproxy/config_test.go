@@ -1,0 +1,188 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/viper"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "keyproxy.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadConfig_DefaultsMatchDesign(t *testing.T) {
+	cfg, err := LoadConfig("", nil)
+	if err != nil {
+		t.Fatalf("defaults do not load: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", cfg.Listen, ":8080"},
+		{"upstream.url", cfg.Upstream.URL, "http://127.0.0.1:3000"},
+		{"upstream.timeout", cfg.Upstream.Timeout, 30 * time.Second},
+		{"admin.listen", cfg.Admin.Listen, "127.0.0.1:9090"},
+		{"store.driver", cfg.Store.Driver, "sqlite"},
+		{"store.dsn", cfg.Store.DSN, "keyproxy.db"},
+		{"redis.addr", cfg.Redis.Addr, ""},
+		{"cache.ttl", cfg.Cache.TTL, 10 * time.Second},
+		{"keys.prefix", cfg.Keys.Prefix, "wev_"},
+		{"keys.max_active_per_team", cfg.Keys.MaxActivePerTeam, 10},
+		{"keys.creator_roles", cfg.Keys.CreatorRoles, []string{"owner", "admin", "super_admin"}},
+		{"ratelimit.default.requests", cfg.RateLimit.Default.Requests, 600},
+		{"ratelimit.default.per", cfg.RateLimit.Default.Per, time.Minute},
+		{"ratelimit.default.burst", cfg.RateLimit.Default.Burst, 100},
+		{"ratelimit.roles.super_admin.requests", cfg.RateLimit.Roles["super_admin"].Requests, 1200},
+		{"audit.sinks", cfg.Audit.Sinks, []string{"log", "store"}},
+		{"audit.retention", cfg.Audit.Retention, 2160 * time.Hour},
+		{"revocation.ack_timeout", cfg.Revocation.AckTimeout, 2 * time.Second},
+		{"log.level", cfg.Log.Level, "info"},
+		{"log.format", cfg.Log.Format, "json"},
+		{"headers.prefix", cfg.Headers.Prefix, "X-Wevion-"},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
+		}
+	}
+}
+
+// The example file documents every key with its default: loading it must
+// give exactly the built-in defaults, and no key may be missing from it.
+func TestConfigExample_DocumentsEveryKeyWithItsDefault(t *testing.T) {
+	example, err := LoadConfig("../../config.example.yaml", nil)
+	if err != nil {
+		t.Fatalf("config.example.yaml does not load: %v", err)
+	}
+	defaults, err := LoadConfig("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(example, defaults) {
+		t.Errorf("config.example.yaml differs from the defaults:\nexample:  %+v\ndefaults: %+v", example, defaults)
+	}
+	text, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := viper.New()
+	setDefaults(v)
+	for _, key := range v.AllKeys() {
+		leaf := key[strings.LastIndex(key, ".")+1:]
+		if !strings.Contains(string(text), leaf+":") {
+			t.Errorf("config.example.yaml does not document %s", key)
+		}
+	}
+}
+
+func TestLoadConfig_EnvironmentOverridesFile(t *testing.T) {
+	file := writeFile(t, "upstream:\n  url: http://127.0.0.1:4000\nlog:\n  level: debug\n")
+	cfg, err := LoadConfig(file, []string{
+		"KEYPROXY_UPSTREAM_URL=http://127.0.0.1:5000",
+		"KEYPROXY_ADMIN_LISTEN=127.0.0.1:9999",
+		"KEYPROXY_ADMIN_TOKENS=aaaaaaaaaaaaaaaa1,bbbbbbbbbbbbbbbb2",
+		"KEYPROXY_CACHE_TTL=3s",
+		"KEYPROXY_RATELIMIT_DEFAULT_REQUESTS=42",
+		"KEYPROXY_TEST_POSTGRES_DSN=postgres://ignored",
+	})
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	if cfg.Upstream.URL != "http://127.0.0.1:5000" {
+		t.Errorf("upstream.url = %q, env must win over the file", cfg.Upstream.URL)
+	}
+	if cfg.Log.Level != "debug" {
+		t.Errorf("log.level = %q, the file's value must survive", cfg.Log.Level)
+	}
+	if cfg.Admin.Listen != "127.0.0.1:9999" {
+		t.Errorf("admin.listen = %q", cfg.Admin.Listen)
+	}
+	if want := []string{"aaaaaaaaaaaaaaaa1", "bbbbbbbbbbbbbbbb2"}; !reflect.DeepEqual(cfg.Admin.Tokens, want) {
+		t.Errorf("admin.tokens = %q, want %q", cfg.Admin.Tokens, want)
+	}
+	if cfg.Cache.TTL != 3*time.Second {
+		t.Errorf("cache.ttl = %s", cfg.Cache.TTL)
+	}
+	if cfg.RateLimit.Default.Requests != 42 {
+		t.Errorf("ratelimit.default.requests = %d", cfg.RateLimit.Default.Requests)
+	}
+}
+
+func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		env     []string
+		wantAll []string
+	}{
+		{"typo in a key", "upstrem:\n  url: http://x\n", nil, []string{"upstrem"}},
+		{"unknown nested key", "cache:\n  tll: 5s\n", nil, []string{"tll"}},
+		{"unknown environment variable", "", []string{"KEYPROXY_UPSTREAM_URLL=http://x"}, []string{"KEYPROXY_UPSTREAM_URLL"}},
+		{"wrong type", "cache:\n  ttl: soon\n", nil, []string{"ttl"}},
+		{"typo and bad value together", "upstrem: x\nlog:\n  level: loud\n", nil, []string{"upstrem", "log.level"}},
+		{"several problems at once", "upstream:\n  url: ftp://x\n  timeout: -1s\nstore:\n  driver: mysql\nlog:\n  format: xml\nkeys:\n  prefix: \"bad prefix\"\n", nil,
+			[]string{"upstream.url", "upstream.timeout", "store.driver", "log.format", "keys.prefix"}},
+		{"bad rate policy", "ratelimit:\n  roles:\n    admin: { requests: 0, per: 1m, burst: 5 }\n", nil, []string{"ratelimit.roles.admin.requests"}},
+		{"short admin token", "", []string{"KEYPROXY_ADMIN_TOKENS=short"}, []string{"admin.tokens[0]"}},
+		{"redis sink without redis", "audit:\n  sinks: [redis]\n", nil, []string{"audit.sinks[0]"}},
+		{"bad trusted proxy", "trusted_proxies: [\"10.0.0.0/99\"]\n", nil, []string{"trusted_proxies[0]"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := ""
+			if tt.yaml != "" {
+				file = writeFile(t, tt.yaml)
+			}
+			_, err := LoadConfig(file, tt.env)
+			if err == nil {
+				t.Fatal("LoadConfig accepted a bad configuration")
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") {
+				t.Errorf("error spans several lines: %q", msg)
+			}
+			for _, want := range tt.wantAll {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error %q does not name %q", msg, want)
+				}
+			}
+		})
+	}
+}
+
+func TestAdminTokens_GeneratedOnceIntoPrivateFile(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := LoadConfig("", []string{"KEYPROXY_STORE_DSN=" + filepath.Join(dir, "kp.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toks, path, created, err := adminTokens(cfg)
+	if err != nil || !created || len(toks) != 1 {
+		t.Fatalf("first start: tokens=%d created=%v err=%v", len(toks), created, err)
+	}
+	if path != filepath.Join(dir, "keyproxy.admin-token") {
+		t.Errorf("token file at %s, want beside the database", path)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("token file mode %v, want 0600", st.Mode().Perm())
+	}
+	again, _, created, err := adminTokens(cfg)
+	if err != nil || created || !reflect.DeepEqual(again, toks) {
+		t.Fatalf("second start must reuse the file: created=%v err=%v same=%v", created, err, reflect.DeepEqual(again, toks))
+	}
+}

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// newLogger builds the process logger on w (stderr in production). The level
+// is an AtomicLevel so SIGHUP can change it without rebuilding the logger.
+// Sampling is off: access lines and audit spills must all be written.
+func newLogger(level, format string, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zap.ParseAtomicLevel(level)
+	if err != nil {
+		return nil, lvl, fmt.Errorf("log.level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = "time"
+	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	encCfg.EncodeDuration = millisFloat
+	var enc zapcore.Encoder
+	switch format {
+	case "console":
+		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		if f, ok := w.(*os.File); !ok || !isTerminal(f) {
+			encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		}
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	default:
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
+	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// millisFloat writes durations as fractional milliseconds: whole
+// milliseconds would show most proxied requests as 0.
+func millisFloat(d time.Duration, enc zapcore.PrimitiveArrayEncoder) {
+	enc.AppendFloat64(float64(d) / float64(time.Millisecond))
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+)
+
+func newServeCmd(environ []string) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the proxy (data plane) and the admin API",
+		Long: `Run the proxy and the admin API. With no --config, keyproxy runs on its
+built-in defaults: proxy on :8080 in front of http://127.0.0.1:3000, admin API
+on 127.0.0.1:9090, keys in ./keyproxy.db (SQLite). Every setting can be
+overridden by KEYPROXY_<PATH> (e.g. KEYPROXY_UPSTREAM_URL).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := LoadConfig(file, environ)
+			if err != nil {
+				return usageError{err}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			reload := func() (*Config, error) { return LoadConfig(file, environ) }
+			return serve(ctx, cfg, reload, os.Stderr, hup, nil)
+		},
+	}
+	cmd.Flags().StringVarP(&file, "config", "c", "", "YAML configuration file (default: built-in defaults)")
+	return cmd
+}
+
+// listeners lets tests pass pre-opened sockets; nil opens cfg's addresses.
+type listeners struct{ proxy, admin net.Listener }
+
+// serve runs until ctx ends, then drains in-flight requests, flushes the
+// audit pipeline and closes the store.
+func serve(ctx context.Context, cfg *Config, reloadCfg func() (*Config, error), logOut io.Writer, hup <-chan os.Signal, ls *listeners) error {
+	logger, level, err := newLogger(cfg.Log.Level, cfg.Log.Format, logOut)
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = logger.Sync() }()
+
+	app, err := build(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer app.close(logger)
+
+	if ls == nil {
+		ls = &listeners{}
+	}
+	if ls.proxy == nil {
+		if ls.proxy, err = net.Listen("tcp", cfg.Listen); err != nil {
+			return fmt.Errorf("listen (%s): %w", cfg.Listen, err)
+		}
+	}
+	if ls.admin == nil {
+		if ls.admin, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			ls.proxy.Close()
+			return fmt.Errorf("admin.listen (%s): %w", cfg.Admin.Listen, err)
+		}
+	}
+	proxySrv := newServer(cfg, app.proxy, logger.Named("http"))
+	adminSrv := newServer(cfg, app.admin, logger.Named("admin-http"))
+	adminSrv.WriteTimeout = 30 * time.Second
+
+	errc := make(chan error, 2)
+	go func() { errc <- serveOn(proxySrv, ls.proxy) }()
+	go func() { errc <- serveOn(adminSrv, ls.admin) }()
+	logger.Info("keyproxy started",
+		zap.String("listen", ls.proxy.Addr().String()),
+		zap.String("admin_listen", ls.admin.Addr().String()),
+		zap.String("upstream", cfg.Upstream.URL),
+		zap.String("store", cfg.Store.Driver),
+		zap.Bool("redis", cfg.Redis.Addr != ""))
+
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-hup:
+			next, err := reloadCfg()
+			if err != nil {
+				logger.Error("reload refused: configuration invalid; keeping the running one", zap.Error(err))
+				continue
+			}
+			app.reload(next, level, logger)
+		case err := <-errc:
+			runErr = err
+			break loop
+		}
+	}
+	logger.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := proxySrv.Shutdown(sctx); err != nil {
+		logger.Warn("proxy listener did not drain in time", zap.Error(err))
+	}
+	if err := adminSrv.Shutdown(sctx); err != nil {
+		logger.Warn("admin listener did not drain in time", zap.Error(err))
+	}
+	if err := app.drain(sctx, logger); err != nil && runErr == nil {
+		runErr = err
+	}
+	logger.Info("stopped")
+	return runErr
+}
+
+func serveOn(srv *http.Server, l net.Listener) error {
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// newServer applies the timeouts and header limit every listener needs.
+func newServer(cfg *Config, h http.Handler, logger *zap.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		ReadTimeout:       cfg.Server.ReadTimeout,
+		WriteTimeout:      cfg.Server.WriteTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(logger),
+	}
+}
