@@ -11,7 +11,7 @@ import (
 // pool so a busy proxy reuses connections instead of dialing (the default
 // keeps 2 per host), no proxy from the environment, HTTP/1.1 unless the
 // backend offers HTTP/2 over TLS, and timeout as the wait for response
-// headers (504 upstream_timeout).
+// headers (504 upstream_timeout). Compression is the client's business.
 func NewTransport(timeout time.Duration) *http.Transport {
 	dialTimeout := 10 * time.Second
 	if timeout > 0 && timeout < dialTimeout {
@@ -23,7 +23,11 @@ func NewTransport(timeout time.Duration) *http.Transport {
 			Timeout:   dialTimeout,
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
-		ForceAttemptHTTP2:     false,
+		ForceAttemptHTTP2: false,
+		// Pass the client's Accept-Encoding through untouched: with
+		// compression on, the transport would ask for gzip itself and then
+		// spend our CPU inflating what the client may have wanted compressed.
+		DisableCompression:    true,
 		MaxIdleConns:          0, // no global cap: MaxIdleConnsPerHost governs
 		MaxIdleConnsPerHost:   1024,
 		IdleConnTimeout:       90 * time.Second,
