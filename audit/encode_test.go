@@ -90,7 +90,7 @@ func FuzzAppendJSON(f *testing.F) {
 
 func TestLogSink_WritesOneLinePerEventWithExactlyItsFields(t *testing.T) {
 	var buf bytes.Buffer
-	sink := NewLogSink(NewEventLogger(zapcore.AddSync(&buf)))
+	sink := NewEventLogSink(zapcore.AddSync(&buf))
 	events := []Event{fullEvent(), {ID: "evt_2", Time: time.Unix(1, 0).UTC(), Type: TypeTeamUpdated, Actor: "a<b>&\"c\""}}
 	if err := sink.Write(context.Background(), events); err != nil {
 		t.Fatal(err)
@@ -114,6 +114,29 @@ func TestLogSink_WritesOneLinePerEventWithExactlyItsFields(t *testing.T) {
 
 // An audit trail must not be thinned out by the logger's sampling or its
 // level: those are for operational logs.
+func TestLogSink_NestsTheEventInAnOrdinaryLogEntry(t *testing.T) {
+	var buf bytes.Buffer
+	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{TimeKey: "time", MessageKey: "msg", EncodeTime: zapcore.RFC3339NanoTimeEncoder})
+	sink := NewLogSink(zap.New(zapcore.NewCore(enc, zapcore.AddSync(&buf), zapcore.InfoLevel)))
+	e := fullEvent()
+	if err := sink.Write(context.Background(), []Event{e}); err != nil {
+		t.Fatal(err)
+	}
+	var line struct {
+		Msg   string `json:"msg"`
+		Event Event  `json:"event"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &line); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, buf.String())
+	}
+	if line.Msg != "audit event" || line.Event != e {
+		t.Fatalf("line %s\ndecodes to %+v", buf.String(), line)
+	}
+	if strings.Count(buf.String(), `"time"`) != 2 {
+		t.Fatalf("want the entry's time and the event's, apart: %s", buf.String())
+	}
+}
+
 func TestLogSink_IgnoresTheLoggersSamplingAndLevel(t *testing.T) {
 	var buf bytes.Buffer
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
@@ -137,7 +160,7 @@ type failingWriter struct{}
 func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("disk full") }
 
 func TestLogSink_ReportsWriteFailures(t *testing.T) {
-	sink := NewLogSink(NewEventLogger(zapcore.AddSync(failingWriter{})))
+	sink := NewEventLogSink(zapcore.AddSync(failingWriter{}))
 	if err := sink.Write(context.Background(), []Event{fullEvent()}); err == nil {
 		t.Fatal("Write succeeded on a failing output")
 	}

@@ -15,7 +15,7 @@ import (
 // the sinks are the configured combination of log, store and redis, and
 // the spill sink is the log sink.
 func ExampleNewPipeline() {
-	logSink := audit.NewLogSink(audit.NewEventLogger(zapcore.AddSync(os.Stdout)))
+	logSink := audit.NewEventLogSink(zapcore.AddSync(os.Stdout))
 	p, err := audit.NewPipeline(audit.Options{
 		Now:   func() time.Time { return time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC) },
 		NewID: func() string { return "evt_01JWQ7Z8K9M0N1P2Q3R4S5T6V7" },

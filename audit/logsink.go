@@ -9,31 +9,31 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// LogSink writes one JSON line per event through a zap logger's core: the
-// event's fields at the top level, encoded by Event.MarshalLogObject. It
-// writes to the core directly rather than through Logger.Check, because
-// Check applies the logger's level and sampling (sampling is on by default
-// in zap's production config), which would silently thin out an audit
-// trail; and because
-// Core.Write reports the output's errors, which the pipeline counts. It is
-// safe for concurrent use, so it can also be the pipeline's spill sink.
+// LogSink writes one JSON line per event through a zap core, the event
+// encoded by Event.MarshalLogObject (no reflection). It writes to the core
+// directly rather than through Logger.Check: Check applies the logger's
+// level and sampling (sampling is on in zap's production config), which
+// would silently thin out an audit trail, and Core.Write reports the
+// output's errors, which the pipeline counts. It is safe for concurrent
+// use, so it can also be the pipeline's spill sink.
 type LogSink struct {
 	core zapcore.Core
 	name string
+	bare bool // the line is the event itself, not a log entry holding it
 }
 
-// NewLogSink writes events through l. Give it NewEventLogger for lines
-// that hold exactly the event; any other logger adds its own level,
-// timestamp and message keys (and any fields it was built With).
+// NewLogSink writes events through an ordinary logger, such as the
+// operational log: each line is the logger's entry (its level, time and
+// message keys) with the event as an object under "event", so the event's
+// own "time" can never collide with the logger's keys.
 func NewLogSink(l *zap.Logger) *LogSink { return &LogSink{core: l.Core(), name: l.Name()} }
 
-// NewEventLogger returns a logger for LogSink whose JSON lines carry no
-// level, timestamp, message or caller: only the event's fields. Writes to
-// w are serialised, so lines from the sink's writer and from spills never
-// interleave.
-func NewEventLogger(w zapcore.WriteSyncer) *zap.Logger {
+// NewEventLogSink writes lines that are exactly the event and nothing else
+// to w: the form for a dedicated audit file or stdout stream. Writes to w
+// are serialised, so lines never interleave.
+func NewEventLogSink(w zapcore.WriteSyncer) *LogSink {
 	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{LineEnding: zapcore.DefaultLineEnding})
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(w), zapcore.InfoLevel))
+	return &LogSink{core: zapcore.NewCore(enc, zapcore.Lock(w), zapcore.InfoLevel), bare: true}
 }
 
 // Name implements Sink.
@@ -47,7 +47,11 @@ func (s *LogSink) Write(_ context.Context, batch []Event) error {
 		// A copy: a core may keep its fields after Write (zap's observer
 		// does), and the pipeline reuses the batch.
 		e := batch[i]
-		fields[0] = zap.Inline(&e)
+		if s.bare {
+			fields[0] = zap.Inline(&e)
+		} else {
+			fields[0] = zap.Object("event", &e)
+		}
 		if err := s.core.Write(ent, fields); err != nil {
 			return fmt.Errorf("audit: log sink: %w", err)
 		}

@@ -478,7 +478,7 @@ func TestPipeline_SpillsToTheLoggerByDefault(t *testing.T) {
 	closePipeline(t, p)
 	found := false
 	for _, e := range logs.FilterMessage("audit event").All() {
-		if e.ContextMap()["id"] == "evt_spilled" {
+		if ev, ok := e.ContextMap()["event"].(map[string]any); ok && ev["id"] == "evt_spilled" {
 			found = true
 		}
 	}

@@ -36,7 +36,7 @@ func TestSecrets_AFullKeyNeverLeavesThePipeline(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	p := newTestPipeline(t, Options{
 		Retries: -1, Registerer: reg,
-		Spill:  NewLogSink(NewEventLogger(zapcore.AddSync(&logLines))),
+		Spill:  NewEventLogSink(zapcore.AddSync(&logLines)),
 		Logger: zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&opsLines), zapcore.DebugLevel)),
 	}, store, NewRedisSink(rc, RedisSinkOptions{}), broken)
 
