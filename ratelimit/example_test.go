@@ -11,7 +11,7 @@ import (
 
 func Example() {
 	policies := ratelimit.Policies{
-		Default: ratelimit.Limit{Requests: 600, Per: time.Minute, Burst: 2},
+		Default: ratelimit.Limit{Requests: 60, Per: time.Hour, Burst: 2},
 		Roles:   map[string]ratelimit.Limit{"super_admin": {Requests: 1200, Per: time.Minute, Burst: 200}},
 	}
 	if err := policies.Validate(); err != nil {
@@ -32,7 +32,7 @@ func Example() {
 		}
 	}
 	// Output:
-	// admitted "user";r=1;t=1
-	// admitted "user";r=0;t=1
-	// 429, Retry-After: 1
+	// admitted "user";r=1;t=60
+	// admitted "user";r=0;t=120
+	// 429, Retry-After: 60
 }
