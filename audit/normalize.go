@@ -29,7 +29,10 @@ func (p *Pipeline) prepare(e *Event) {
 	if e.ID == "" {
 		e.ID = p.newID(e.Time)
 	}
-	if i := strings.IndexAny(e.Path, "?#"); i >= 0 {
+	if i := strings.IndexByte(e.Path, '?'); i >= 0 {
+		e.Path = e.Path[:i]
+	}
+	if i := strings.IndexByte(e.Path, '#'); i >= 0 {
 		e.Path = e.Path[:i]
 	}
 	e.Path = clean(e.Path, maxPathLen)

@@ -149,7 +149,7 @@ func NewPipeline(o Options, sinks ...Sink) (*Pipeline, error) {
 	}
 	queueLength := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keyproxy_audit_queue_length",
-		Help: "Audit events waiting to be batched.",
+		Help: "Audit events recorded and not yet handed to the sinks' writers.",
 	}, p.queueLength)
 	if err := p.m.register(o.Registerer, queueLength); err != nil {
 		return nil, err

@@ -456,7 +456,7 @@ keyproxy_audit_spilled_total{reason="queue_full"} 0
 keyproxy_audit_spilled_total{reason="shutdown"} 0
 keyproxy_audit_spilled_total{reason="sink_backlog"} 0
 keyproxy_audit_spilled_total{reason="sink_error"} 3
-# HELP keyproxy_audit_queue_length Audit events waiting to be batched.
+# HELP keyproxy_audit_queue_length Audit events recorded and not yet handed to the sinks' writers.
 # TYPE keyproxy_audit_queue_length gauge
 keyproxy_audit_queue_length 0
 `

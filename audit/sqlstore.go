@@ -106,7 +106,7 @@ var sqliteSchema = []string{
 
 var postgresSchema = []string{
 	`CREATE TABLE IF NOT EXISTS audit_events (
-		id          TEXT PRIMARY KEY,
+		id          TEXT COLLATE "C" PRIMARY KEY, -- byte order, as in SQLite and the cursor
 		time        TIMESTAMPTZ NOT NULL,
 		type        TEXT NOT NULL,
 		request_id  TEXT NOT NULL DEFAULT '',

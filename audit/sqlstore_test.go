@@ -88,6 +88,7 @@ func TestSQLStore(t *testing.T) {
 			t.Parallel()
 			testStoreQueries(t, tdb)
 			testStoreRoundTrip(t, tdb)
+			testStoreOrder(t, tdb)
 			testStoreWrites(t, tdb)
 			testStorePurge(t, tdb)
 		})
@@ -235,6 +236,23 @@ func testStoreRoundTrip(t *testing.T, tdb testDB) {
 		got.Time = e.Time
 		if got != e {
 			t.Fatalf("got  %+v\nwant %+v", got, e)
+		}
+	})
+}
+
+func testStoreOrder(t *testing.T, tdb testDB) {
+	t.Run("events sharing a time are ordered by id bytes, not the locale", func(t *testing.T) {
+		s := newTestStore(t, tdb, StoreOptions{})
+		at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+		var events []Event
+		for _, id := range []string{"evt_a", "evt_B", "evt__", "evtA", "evt_b", "Evt_c", "evt-1", "evt_é"} {
+			events = append(events, Event{ID: id, Time: at, Type: TypeAPIRequest})
+		}
+		if err := s.Write(context.Background(), events); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := queryAll(t, s, Query{Limit: 3}), expect(events, Query{}); !reflect.DeepEqual(got, want) {
+			t.Fatalf("got  %q\nwant %q", got, want)
 		}
 	})
 }
