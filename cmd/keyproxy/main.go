@@ -30,7 +30,12 @@ func main() {
 // run is main without globals, so tests can drive the CLI.
 func run(args, environ []string, stdout, stderr io.Writer) int {
 	root := newRootCmd(environ, stdout, stderr)
+	markUsageErrors(root)
 	root.SetArgs(args)
+	if _, _, err := root.Find(args); err != nil {
+		fmt.Fprintf(stderr, "keyproxy: %s\n", unknownCommand(err))
+		return exitBadUsage
+	}
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(stderr, "keyproxy: %v\n", err)
 		var ue usageError
@@ -64,6 +69,7 @@ create, list and revoke keys.`,
 		newTeamsCmd(cf, stdout),
 		newAuditCmd(cf, stdout),
 		newCheckConfigCmd(environ, stdout),
+		newMigrateCmd(environ, stdout),
 		newVersionCmd(stdout),
 		newEchoUpstreamCmd(stdout),
 	)
