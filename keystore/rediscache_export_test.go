@@ -1,0 +1,12 @@
+package keystore
+
+// The codecs are unexported; the fuzz targets in keystore_test reach them
+// through these.
+var (
+	DecodeRedisIdentity = decodeRedisIdentity
+	EncodeRedisIdentity = encodeRedisIdentity
+	DecodeEvict         = decodeEvict
+	EncodeEvict         = encodeEvict
+	DecodeAck           = decodeAck
+	EncodeAck           = encodeAck
+)
