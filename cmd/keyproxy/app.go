@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net/http"
@@ -12,7 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/admin"
 	"github.com/wevion/keyproxy/audit"
@@ -21,19 +24,57 @@ import (
 	"github.com/wevion/keyproxy/ratelimit"
 )
 
+// store is what the process needs of a key store: the contract, its
+// schema, and the SQL handle the audit store keeps its table in.
+type store interface {
+	keystore.Store
+	Migrate(ctx context.Context) error
+	DB() *sql.DB
+}
+
+// limiter is the rate limiter in use (local, or Redis with local fallback).
+type limiter interface {
+	proxy.Limiter
+	SetPolicies(p ratelimit.Policies) error
+}
+
 // app is the wired process: everything serve starts and must stop.
 type app struct {
-	proxy   http.Handler
-	admin   http.Handler
-	store   *keystore.SQLite
-	audit   *audit.Pipeline
-	auditDB *audit.SQLStore
-	usage   *keystore.UsageTracker
-	limiter *ratelimit.Local
+	proxy     *proxy.Handler
+	admin     http.Handler
+	store     store
+	dialect   audit.Dialect
+	redis     redis.UniversalClient
+	cluster   *keystore.Cluster
+	audit     *audit.Pipeline
+	auditDB   *audit.SQLStore
+	usage     *keystore.UsageTracker
+	auditFile *os.File
+	limiter   limiter
+	local     *ratelimit.Local
+	stop      context.CancelFunc // ends background loops
 }
 
 func policies(cfg *Config) ratelimit.Policies {
 	return ratelimit.Policies{Default: cfg.RateLimit.Default, Roles: cfg.RateLimit.Roles}
+}
+
+// openStore opens the configured store of record and applies migrations.
+func openStore(ctx context.Context, cfg *Config) (store, audit.Dialect, error) {
+	switch cfg.Store.Driver {
+	case "postgres":
+		s, err := keystore.OpenPostgres(ctx, cfg.Store.DSN, keystore.PostgresOptions{MaxConns: int32(cfg.Store.MaxConns)})
+		if err != nil {
+			return nil, 0, fmt.Errorf("store.dsn: opening PostgreSQL: %w", err)
+		}
+		return s, audit.Postgres, nil
+	default:
+		s, err := keystore.OpenSQLite(ctx, cfg.Store.DSN)
+		if err != nil {
+			return nil, 0, fmt.Errorf("store.dsn: opening SQLite %s: %w", cfg.Store.DSN, err)
+		}
+		return s, audit.SQLite, nil
+	}
 }
 
 func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err error) {
@@ -43,6 +84,8 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 			a.close(logger)
 		}
 	}()
+	bg, stop := context.WithCancel(context.Background())
+	a.stop = stop
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
@@ -54,15 +97,10 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 	if err != nil {
 		return nil, usageError{fmt.Errorf("keys.prefix: %w", err)}
 	}
-	if cfg.Store.Driver != "sqlite" {
-		return nil, usageError{errors.New("store.driver: postgres is not available in this build yet (see the README)")}
+	if a.store, a.dialect, err = openStore(ctx, cfg); err != nil {
+		return nil, err
 	}
-	if cfg.Redis.Addr != "" {
-		return nil, usageError{errors.New("redis.addr: Redis is not available in this build yet (see the README)")}
-	}
-	if a.store, err = keystore.OpenSQLite(ctx, cfg.Store.DSN); err != nil {
-		return nil, fmt.Errorf("store.dsn: opening SQLite %s: %w", cfg.Store.DSN, err)
-	}
+	reg.MustRegister(newStoreCollector(a.store, logger.Named("metrics")))
 
 	tokens, tokenPath, created, err := adminTokens(cfg)
 	if err != nil {
@@ -75,14 +113,45 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		logger.Info("admin token read from file", zap.String("token_file", tokenPath))
 	}
 
-	resolver, err := keystore.NewResolver(a.store, keystore.ResolverOptions{
+	// Resolution: in-process cache → (Redis cache →) store.
+	var backend keystore.Backend = a.store
+	var redisCache *keystore.RedisCache
+	if cfg.redisEnabled() {
+		a.redis = newRedisClient(cfg)
+		redisCache, err = keystore.NewRedisCache(a.redis, a.store, keystore.RedisCacheOptions{
+			TTL: cfg.Cache.TTL, Timeout: cfg.Redis.Timeout, Logger: logger.Named("redis-cache"), Registerer: reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		backend = redisCache
+	}
+	resolver, err := keystore.NewResolver(backend, keystore.ResolverOptions{
 		TTL: cfg.Cache.TTL, NegativeTTL: cfg.Cache.NegativeTTL, MaxEntries: cfg.Cache.MaxEntries, Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
 	}
+	var evictor admin.Evictor = resolver
+	var readiness []admin.ReadinessCheck
+	if a.redis != nil {
+		a.cluster, err = keystore.NewCluster(a.redis, resolver, redisCache, keystore.ClusterOptions{
+			AckTimeout: cfg.Revocation.AckTimeout, Timeout: cfg.Redis.Timeout,
+			Logger: logger.Named("cluster"), Registerer: reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		// A replica that cannot reach Redis at start still serves: keys
+		// resolve from the store and the cluster joins when Redis is back.
+		if err := a.cluster.Start(bg); err != nil {
+			logger.Warn("redis unreachable at start; serving from the store until it returns", zap.Error(err))
+		}
+		evictor = a.cluster
+		readiness = append(readiness, admin.ReadinessCheck{Name: "redis", Check: a.cluster.Ping})
+	}
 
-	if a.audit, err = a.buildAudit(cfg, logger, reg); err != nil {
+	if a.audit, err = a.buildAudit(bg, cfg, logger, reg); err != nil {
 		return nil, err
 	}
 	a.usage = keystore.NewUsageTracker(a.store, cfg.Keys.LastUsedInterval, logger.Named("usage"))
@@ -102,25 +171,30 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		Registerer:      reg,
 	}
 	if cfg.RateLimit.Enabled {
-		a.limiter = ratelimit.NewLocal(policies(cfg), ratelimit.LocalOptions{Registerer: reg})
+		local := ratelimit.NewLocal(policies(cfg), ratelimit.LocalOptions{Registerer: reg})
+		a.local, a.limiter = local, local
+		if a.redis != nil {
+			a.limiter = ratelimit.NewRedis(a.redis, policies(cfg), local, ratelimit.RedisOptions{
+				Timeout: cfg.Redis.Timeout, Logger: logger.Named("ratelimit"), Registerer: reg,
+			})
+		}
 		pcfg.Limiter = a.limiter
 		pcfg.RateLimitHeaders = ratelimit.WriteHeaders
 	}
-	ph, err := proxy.New(pcfg)
-	if err != nil {
+	if a.proxy, err = proxy.New(pcfg); err != nil {
 		return nil, err
 	}
-	a.proxy = ph
 
 	acfg := admin.Config{
 		Store:            a.store,
-		Evictor:          resolver,
+		Evictor:          evictor,
 		Recorder:         a.audit,
 		Format:           format,
 		Tokens:           tokens,
 		CreatorRoles:     cfg.Keys.CreatorRoles,
 		MaxActivePerTeam: cfg.Keys.MaxActivePerTeam,
 		MaxBodyBytes:     cfg.Admin.MaxBodyBytes,
+		Readiness:        readiness,
 		Logger:           logger.Named("admin"),
 		Registerer:       reg,
 		Metrics:          promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
@@ -128,40 +202,43 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 	if a.auditDB != nil {
 		acfg.Audit = a.auditDB
 	}
-	ah, err := admin.New(acfg)
-	if err != nil {
+	if a.admin, err = admin.New(acfg); err != nil {
 		return nil, err
 	}
-	a.admin = ah
 	return a, nil
 }
 
-func (a *app) buildAudit(cfg *Config, logger *zap.Logger, reg prometheus.Registerer) (*audit.Pipeline, error) {
-	auditLog := logger.Named("audit")
+func (a *app) buildAudit(bg context.Context, cfg *Config, logger *zap.Logger, reg prometheus.Registerer) (*audit.Pipeline, error) {
+	// The log sink writes to the process log, or one event per line to
+	// audit.file; it is also where events spill when another sink fails.
+	var logSink *audit.LogSink
 	if cfg.Audit.File != "" {
 		f, err := os.OpenFile(cfg.Audit.File, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("audit.file: %w", err)
 		}
-		l, _, err := newLogger("info", "json", f)
-		if err != nil {
-			return nil, err
-		}
-		auditLog = l
+		a.auditFile = f
+		logSink = audit.NewEventLogSink(zapcore.AddSync(f))
+	} else {
+		logSink = audit.NewLogSink(logger.Named("audit"))
 	}
-	logSink := audit.NewLogSink(auditLog)
+	// The SQL store answers GET /admin/v1/audit even when it is not a sink
+	// (it then returns what earlier runs stored).
+	s, err := audit.NewSQLStore(a.store.DB(), a.dialect, audit.StoreOptions{Retention: cfg.Audit.Retention, Logger: logger.Named("audit-store")})
+	if err != nil {
+		return nil, fmt.Errorf("audit store: %w", err)
+	}
+	a.auditDB = s
 	var sinks []audit.Sink
 	for _, name := range cfg.Audit.Sinks {
 		switch name {
 		case "log":
 			sinks = append(sinks, logSink)
 		case "store":
-			s, err := audit.NewSQLStore(a.store.DB(), audit.SQLite, audit.StoreOptions{Retention: cfg.Audit.Retention, Logger: logger.Named("audit-store")})
-			if err != nil {
-				return nil, fmt.Errorf("audit store: %w", err)
-			}
-			a.auditDB = s
+			s.Start(bg) // retention purge
 			sinks = append(sinks, s)
+		case "redis":
+			sinks = append(sinks, audit.NewRedisSink(a.redis, audit.RedisSinkOptions{}))
 		}
 	}
 	return audit.NewPipeline(audit.Options{
@@ -179,8 +256,11 @@ func (a *app) reload(next *Config, level zap.AtomicLevel, logger *zap.Logger) {
 		reloaded = append(reloaded, "log.level")
 	}
 	if a.limiter != nil {
-		a.limiter.SetPolicies(policies(next))
-		reloaded = append(reloaded, "ratelimit")
+		if err := a.limiter.SetPolicies(policies(next)); err != nil {
+			logger.Error("rate policies not reloaded", zap.Error(err))
+		} else {
+			reloaded = append(reloaded, "ratelimit")
+		}
 	}
 	logger.Info("configuration reloaded", zap.Strings("reloaded", reloaded),
 		zap.String("note", "other settings take effect after a restart"))
@@ -210,8 +290,29 @@ func (a *app) close(logger *zap.Logger) {
 	if err := a.drain(ctx, logger); err != nil {
 		logger.Error("shutdown", zap.Error(err))
 	}
+	if a.proxy != nil {
+		a.proxy.CloseIdleConnections()
+	}
+	if a.cluster != nil {
+		if err := a.cluster.Close(); err != nil {
+			logger.Warn("leaving the cluster", zap.Error(err))
+		}
+	}
+	if a.stop != nil {
+		a.stop()
+	}
+	if a.local != nil {
+		a.local.Close()
+	}
 	if a.auditDB != nil {
 		_ = a.auditDB.Close()
+	}
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
+	if a.auditFile != nil {
+		_ = a.auditFile.Sync()
+		_ = a.auditFile.Close()
 	}
 	if a.store != nil {
 		if err := a.store.Close(); err != nil {

@@ -47,7 +47,16 @@ type Config struct {
 		MaxConns int    `mapstructure:"max_conns"`
 	} `mapstructure:"store"`
 	Redis struct {
-		Addr string `mapstructure:"addr"`
+		Addr        string        `mapstructure:"addr"`
+		Addrs       []string      `mapstructure:"addrs"`
+		MasterName  string        `mapstructure:"master_name"`
+		Username    string        `mapstructure:"username"`
+		Password    string        `mapstructure:"password"`
+		DB          int           `mapstructure:"db"`
+		TLS         bool          `mapstructure:"tls"`
+		DialTimeout time.Duration `mapstructure:"dial_timeout"`
+		Timeout     time.Duration `mapstructure:"timeout"`
+		PoolSize    int           `mapstructure:"pool_size"`
 	} `mapstructure:"redis"`
 	Cache struct {
 		TTL         time.Duration `mapstructure:"ttl"`
@@ -104,6 +113,15 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("store.dsn", "keyproxy.db")
 	v.SetDefault("store.max_conns", 20)
 	v.SetDefault("redis.addr", "")
+	v.SetDefault("redis.addrs", []string{})
+	v.SetDefault("redis.master_name", "")
+	v.SetDefault("redis.username", "")
+	v.SetDefault("redis.password", "")
+	v.SetDefault("redis.db", 0)
+	v.SetDefault("redis.tls", false)
+	v.SetDefault("redis.dial_timeout", time.Second)
+	v.SetDefault("redis.timeout", 100*time.Millisecond)
+	v.SetDefault("redis.pool_size", 0)
 	v.SetDefault("cache.ttl", 10*time.Second)
 	v.SetDefault("cache.negative_ttl", 2*time.Second)
 	v.SetDefault("cache.max_entries", 1<<20)
@@ -267,7 +285,7 @@ func (c *Config) Validate() []string {
 		"server.read_header_timeout": c.Server.ReadHeaderTimeout, "server.read_timeout": c.Server.ReadTimeout,
 		"server.write_timeout": c.Server.WriteTimeout, "server.idle_timeout": c.Server.IdleTimeout,
 		"cache.ttl": c.Cache.TTL, "cache.negative_ttl": c.Cache.NegativeTTL,
-		"revocation.ack_timeout": c.Revocation.AckTimeout, "keys.last_used_interval": c.Keys.LastUsedInterval,
+		"revocation.ack_timeout": c.Revocation.AckTimeout, "redis.dial_timeout": c.Redis.DialTimeout, "redis.timeout": c.Redis.Timeout, "keys.last_used_interval": c.Keys.LastUsedInterval,
 		"audit.retention": c.Audit.Retention, "audit.max_wait": c.Audit.MaxWait,
 	}
 	for _, k := range sortedKeys(positive) {
@@ -305,6 +323,12 @@ func (c *Config) Validate() []string {
 	if c.Store.MaxConns < 1 {
 		add("store.max_conns", "must be at least 1")
 	}
+	if c.Redis.DB < 0 || c.Redis.PoolSize < 0 {
+		add("redis", "db and pool_size must not be negative")
+	}
+	if c.Redis.MasterName != "" && len(c.Redis.Addrs) == 0 && c.Redis.Addr == "" {
+		add("redis.master_name", "needs the Sentinel addresses in redis.addrs")
+	}
 	if c.Cache.MaxEntries < 1 {
 		add("cache.max_entries", "must be at least 1")
 	}
@@ -335,7 +359,7 @@ func (c *Config) Validate() []string {
 		default:
 			add(fmt.Sprintf("audit.sinks[%d]", i), "must be log, store or redis, got %q", s)
 		}
-		if s == "redis" && c.Redis.Addr == "" {
+		if s == "redis" && !c.redisEnabled() {
 			add(fmt.Sprintf("audit.sinks[%d]", i), "redis sink needs redis.addr")
 		}
 	}
@@ -357,23 +381,20 @@ func (c *Config) Validate() []string {
 
 func (c *Config) validateRateLimit() []string {
 	var p []string
-	check := func(key string, l ratelimit.Limit) {
-		if l.Requests <= 0 {
-			p = append(p, key+".requests: must be positive")
-		}
-		if l.Per <= 0 {
-			p = append(p, key+".per: must be a positive duration")
-		}
-		if l.Burst <= 0 {
-			p = append(p, key+".burst: must be positive")
-		}
-	}
-	check("ratelimit.default", c.RateLimit.Default)
 	for _, role := range sortedKeys(c.RateLimit.Roles) {
 		if !roleRe.MatchString(role) {
 			p = append(p, fmt.Sprintf("ratelimit.roles.%s: not a role name ([a-z0-9_]{1,64})", role))
 		}
-		check("ratelimit.roles."+role, c.RateLimit.Roles[role])
+	}
+	// The limiter's own check is the authority (whole-second windows,
+	// bounded rates); it names every bad key, one per line.
+	pol := ratelimit.Policies{Default: c.RateLimit.Default, Roles: c.RateLimit.Roles}
+	if err := pol.Validate(); err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				p = append(p, line)
+			}
+		}
 	}
 	return p
 }

@@ -134,6 +134,7 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		{"several problems at once", "upstream:\n  url: ftp://x\n  timeout: -1s\nstore:\n  driver: mysql\nlog:\n  format: xml\nkeys:\n  prefix: \"bad prefix\"\n", nil,
 			[]string{"upstream.url", "upstream.timeout", "store.driver", "log.format", "keys.prefix"}},
 		{"bad rate policy", "ratelimit:\n  roles:\n    admin: { requests: 0, per: 1m, burst: 5 }\n", nil, []string{"ratelimit.roles.admin.requests"}},
+		{"fractional rate window", "ratelimit:\n  default: { requests: 10, per: 1500ms, burst: 5 }\n", nil, []string{"ratelimit.default.per"}},
 		{"short admin token", "", []string{"KEYPROXY_ADMIN_TOKENS=short"}, []string{"admin.tokens[0]"}},
 		{"redis sink without redis", "audit:\n  sinks: [redis]\n", nil, []string{"audit.sinks[0]"}},
 		{"bad trusted proxy", "trusted_proxies: [\"10.0.0.0/99\"]\n", nil, []string{"trusted_proxies[0]"}},

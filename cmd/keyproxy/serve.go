@@ -88,7 +88,7 @@ func serve(ctx context.Context, cfg *Config, reloadCfg func() (*Config, error), 
 		zap.String("admin_listen", ls.admin.Addr().String()),
 		zap.String("upstream", cfg.Upstream.URL),
 		zap.String("store", cfg.Store.Driver),
-		zap.Bool("redis", cfg.Redis.Addr != ""))
+		zap.Bool("redis", cfg.redisEnabled()))
 
 	var runErr error
 loop:

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"crypto/tls"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisEnabled reports whether any Redis address is configured.
+func (c *Config) redisEnabled() bool { return c.Redis.Addr != "" || len(c.Redis.Addrs) > 0 }
+
+// newRedisClient builds one client for caches, fan-out, limits and the
+// audit stream: a single node (addr), a Sentinel group (addrs +
+// master_name) or a Cluster (addrs), as go-redis' UniversalClient decides.
+// Per-call deadlines come from the callers' contexts (ContextTimeoutEnabled),
+// and retries are few so a dead Redis costs little before the fallbacks act.
+func newRedisClient(c *Config) redis.UniversalClient {
+	addrs := c.Redis.Addrs
+	if c.Redis.Addr != "" {
+		addrs = append([]string{c.Redis.Addr}, addrs...)
+	}
+	o := &redis.UniversalOptions{
+		Addrs:                 addrs,
+		MasterName:            c.Redis.MasterName,
+		Username:              c.Redis.Username,
+		Password:              c.Redis.Password,
+		DB:                    c.Redis.DB,
+		DialTimeout:           c.Redis.DialTimeout,
+		ReadTimeout:           c.Redis.Timeout,
+		WriteTimeout:          c.Redis.Timeout,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            1,
+		MinRetryBackoff:       8 * time.Millisecond,
+		MaxRetryBackoff:       64 * time.Millisecond,
+		PoolSize:              c.Redis.PoolSize,
+	}
+	if c.Redis.TLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return redis.NewUniversalClient(o)
+}
