@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wevion/keyproxy/keystore"
+)
+
+// fakeClock is a settable clock for the collector's cache age.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func openTestStore(t *testing.T) *keystore.SQLite {
+	t.Helper()
+	s, err := keystore.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "kp.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func createTestKey(t *testing.T, s *keystore.SQLite, team string, expires *time.Time) keystore.Key {
+	t.Helper()
+	f, err := keystore.NewFormat("wev_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := f.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := keystore.NewID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.CreateKey(context.Background(), keystore.NewKey{
+		ID: id, Hash: keystore.HashKey(key), Start: f.Start(key), Name: "k",
+		UserID: "usr_" + team, TeamID: team, Role: "owner", ExpiresAt: expires, MaxActivePerTeam: 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+const storeMetricsHelp = `
+# HELP keyproxy_keys_active Unrevoked, unexpired API keys in the store (at most 15 s old); absent while the store cannot be counted.
+# TYPE keyproxy_keys_active gauge
+# HELP keyproxy_store_up 1 if the store of record answered its last check (at most 15 s old), else 0.
+# TYPE keyproxy_store_up gauge
+`
+
+func TestStoreCollector_CountsActiveKeysAndCachesBetweenScrapes(t *testing.T) {
+	s := openTestStore(t)
+	past := time.Now().Add(-time.Hour)
+	createTestKey(t, s, "team_a", nil)
+	createTestKey(t, s, "team_a", nil)
+	createTestKey(t, s, "team_b", &past) // expired: not active
+	revoked := createTestKey(t, s, "team_b", nil)
+	if _, err := s.RevokeKey(context.Background(), revoked.ID, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	c := newStoreCollector(s, nil)
+	c.now = clock.Now
+
+	expect := func(active string) string {
+		return storeMetricsHelp + "keyproxy_keys_active " + active + "\nkeyproxy_store_up 1\n"
+	}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(expect("2"))); err != nil {
+		t.Fatal(err)
+	}
+	// A new key within the cache age is not counted yet: a scrape does
+	// not reach the store more than once per interval.
+	createTestKey(t, s, "team_c", nil)
+	clock.Advance(storeStatsMaxAge - time.Second)
+	if err := testutil.CollectAndCompare(c, strings.NewReader(expect("2"))); err != nil {
+		t.Errorf("within the cache age: %v", err)
+	}
+	clock.Advance(time.Second)
+	if err := testutil.CollectAndCompare(c, strings.NewReader(expect("3"))); err != nil {
+		t.Errorf("after the cache age: %v", err)
+	}
+}
+
+func TestStoreCollector_StoreDownIsZeroAndLeavesKeysActiveOut(t *testing.T) {
+	s := openTestStore(t)
+	createTestKey(t, s, "team_a", nil)
+	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	c := newStoreCollector(s, nil)
+	c.now = clock.Now
+	if err := testutil.CollectAndCompare(c, strings.NewReader(storeMetricsHelp+"keyproxy_keys_active 1\nkeyproxy_store_up 1\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(storeStatsMaxAge)
+	// A stale count would hide the outage: it is left out instead.
+	if err := testutil.CollectAndCompare(c, strings.NewReader(storeMetricsHelp+"keyproxy_store_up 0\n")); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestStoreCollector_LintsClean(t *testing.T) {
+	c := newStoreCollector(openTestStore(t), nil)
+	problems, err := testutil.CollectAndLint(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("%s: %s", p.Metric, p.Text)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Gather(); err != nil {
+		t.Errorf("pedantic registry refuses the collector: %v", err)
+	}
+}
+
+func TestBuildInfo_IsOneWithVersionLabels(t *testing.T) {
+	ver, rev := buildVersion()
+	want := `
+# HELP keyproxy_build_info Build information; always 1.
+# TYPE keyproxy_build_info gauge
+keyproxy_build_info{revision="` + rev + `",version="` + ver + `"} 1
+`
+	if err := testutil.CollectAndCompare(buildInfo(), strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
