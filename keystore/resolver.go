@@ -49,6 +49,12 @@ const genStripes = 4096
 // invalidations; past it the resolver fails closed.
 const maxFillReads = 3
 
+const (
+	coarseResolution = 5 * time.Millisecond
+	coarseMargin     = 100 * time.Millisecond
+	coarseMinTTL     = time.Second
+)
+
 // entry is a cached identity and the generation of its stripe when the
 // backend read began. A reader serves it only while the generation is
 // unchanged, so a fill that raced an invalidation is never served.
@@ -71,6 +77,7 @@ type Resolver struct {
 	neg         *otter.Cache[Hash, uint64]
 	gens        [genStripes]atomic.Uint64
 	flight      singleflight.Group
+	coarse      *otter.CoarseClock // nil with an injected or precise clock
 	loadTimeout time.Duration
 
 	hits, negativeHits, misses prometheus.Counter
@@ -94,16 +101,30 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 	if o.LoadTimeout <= 0 {
 		o.LoadTimeout = 5 * time.Second
 	}
-	var clock otter.Clock
-	if o.Now != nil {
+	// Reading the precise time is a quarter of a cache hit; a coarse clock
+	// costs a variable read but lags by its resolution (more if its
+	// goroutine is starved), so the TTL is shortened by a margin that keeps
+	// "never served past TTL" true. Short TTLs keep the precise clock.
+	var (
+		clock  otter.Clock
+		coarse *otter.CoarseClock
+		ttl    = o.TTL
+	)
+	switch {
+	case o.Now != nil:
 		clock = funcClock(o.Now)
+	case o.TTL >= coarseMinTTL:
+		coarse = otter.NewCoarseClock(coarseResolution)
+		clock = coarse
+		ttl -= coarseMargin
 	}
 	pos, err := otter.New(&otter.Options[Hash, entry]{
 		MaximumSize:      o.MaxEntries,
-		ExpiryCalculator: otter.ExpiryWriting[Hash, entry](o.TTL),
+		ExpiryCalculator: otter.ExpiryWriting[Hash, entry](ttl),
 		Clock:            clock,
 	})
 	if err != nil {
+		stopClock(coarse)
 		return nil, fmt.Errorf("keystore: resolver cache: %w", err)
 	}
 	neg, err := otter.New(&otter.Options[Hash, uint64]{
@@ -113,9 +134,10 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 	})
 	if err != nil {
 		pos.StopAllGoroutines()
+		stopClock(coarse)
 		return nil, fmt.Errorf("keystore: resolver negative cache: %w", err)
 	}
-	r := &Resolver{backend: b, pos: pos, neg: neg, loadTimeout: o.LoadTimeout}
+	r := &Resolver{backend: b, pos: pos, neg: neg, coarse: coarse, loadTimeout: o.LoadTimeout}
 	if err := r.initMetrics(o.Registerer); err != nil {
 		r.Close()
 		return nil, err
@@ -233,11 +255,18 @@ func (r *Resolver) Evict(_ context.Context, hashes []Hash) (confirmed, replicas 
 	return 1, 1
 }
 
-// Close stops the caches' clean-up goroutines. The resolver must not be
-// used afterwards.
+// Close stops the caches' clean-up and clock goroutines. The resolver must
+// not be used afterwards.
 func (r *Resolver) Close() {
 	r.pos.StopAllGoroutines()
 	r.neg.StopAllGoroutines()
+	stopClock(r.coarse)
+}
+
+func stopClock(c *otter.CoarseClock) {
+	if c != nil {
+		c.Stop()
+	}
 }
 
 // stripe picks a generation counter; a SHA-256 hash is uniform already.

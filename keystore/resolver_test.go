@@ -172,6 +172,25 @@ func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
 	}
 }
 
+// The real (coarse) clock lags behind time; the TTL must hold anyway.
+func TestResolver_RealClockNeverServesPastTTL(t *testing.T) {
+	store := openTemp(t)
+	k := createKey(t, store, "team_a", "user_a")
+	r := newResolver(t, newTestBackend(store), keystore.ResolverOptions{TTL: time.Second})
+	ctx := context.Background()
+	filled := time.Now()
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.RevokeKey(ctx, k.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(filled.Add(time.Second)))
+	if id, err := r.Resolve(ctx, k.Hash); err != nil || !id.Revoked {
+		t.Fatalf("one TTL after the fill: revoked=%v, %v; want a fresh read", id.Revoked, err)
+	}
+}
+
 func TestResolver_NegativeCache(t *testing.T) {
 	store := openTemp(t)
 	b := newTestBackend(store)
