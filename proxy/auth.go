@@ -81,7 +81,15 @@ const (
 	outcomeMissingKey
 	outcomeInvalidKey
 	outcomeUnavailable
+	outcomeThrottled
+	outcomeMethodRefused
 	numOutcomes
+)
+
+// Outcomes the audit package has no constant for yet.
+const (
+	OutcomeThrottled     = "auth_throttled"
+	OutcomeMethodRefused = "method_not_allowed"
 )
 
 var outcomeNames = [numOutcomes]string{
@@ -92,6 +100,8 @@ var outcomeNames = [numOutcomes]string{
 	outcomeMissingKey:    audit.OutcomeMissingKey,
 	outcomeInvalidKey:    audit.OutcomeInvalidKey,
 	outcomeUnavailable:   audit.OutcomeUnavailable,
+	outcomeThrottled:     OutcomeThrottled,
+	outcomeMethodRefused: OutcomeMethodRefused,
 }
 
 func (o outcome) String() string { return outcomeNames[o] }

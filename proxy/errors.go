@@ -22,6 +22,10 @@ const (
 	CodeAuthUnavailable      = "auth_unavailable"
 	CodeUpstreamUnavailable  = "upstream_unavailable"
 	CodeUpstreamTimeout      = "upstream_timeout"
+	// CodeAuthThrottled: the client presented too many invalid keys.
+	CodeAuthThrottled = "auth_throttled"
+	// CodeMethodNotAllowed: CONNECT and TRACE are never forwarded.
+	CodeMethodNotAllowed = "method_not_allowed"
 )
 
 // preparedProblem is a problem rendered at start-up up to its request_id,
@@ -31,10 +35,11 @@ type preparedProblem struct {
 	status  int
 	head    []byte // the JSON document without request_id and closing brace
 	wwwAuth []string
+	allow   []string
 }
 
 type problems struct {
-	missing, invalid, inactive, rateLimited, unavailable, badGateway, timeout preparedProblem
+	missing, invalid, inactive, rateLimited, unavailable, badGateway, timeout, throttled, method preparedProblem
 	// clientGone has no body: the client left, nothing is written.
 	clientGone                              preparedProblem
 	contentType, noStore, nosniff, retryOne []string
@@ -66,12 +71,27 @@ func newProblems() problems {
 			"The backend could not be reached.", ""),
 		timeout: prep(outcomeUpstreamError, http.StatusGatewayTimeout, CodeUpstreamTimeout, "Upstream timeout",
 			"The backend did not answer in time.", ""),
+		throttled: prep(outcomeThrottled, http.StatusTooManyRequests, CodeAuthThrottled, "Too many invalid API keys",
+			"Too many invalid API keys came from this address; retry after the number of seconds in Retry-After.", ""),
+		method:      methodProblem(prep),
 		clientGone:  preparedProblem{outcome: outcomeUnavailable, status: statusClientClosed},
 		contentType: []string{"application/problem+json"},
 		noStore:     []string{"no-store"},
 		nosniff:     []string{"nosniff"},
 		retryOne:    []string{"1"},
 	}
+}
+
+// forwardedMethods is the Allow header of the 405: the methods a backend
+// API commonly serves. Any other method than CONNECT and TRACE is
+// forwarded, so the backend has the last word.
+const forwardedMethods = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+
+func methodProblem(prep func(outcome, int, string, string, string, string) preparedProblem) preparedProblem {
+	p := prep(outcomeMethodRefused, http.StatusMethodNotAllowed, CodeMethodNotAllowed, "Method not allowed",
+		"CONNECT and TRACE are not forwarded.", "")
+	p.allow = []string{forwardedMethods}
+	return p
 }
 
 // refuse answers with a prepared problem, and with the rate-limit headers
@@ -90,12 +110,17 @@ func (h *Handler) refuse(w http.ResponseWriter, e *exchange, p *preparedProblem)
 	if p.wwwAuth != nil {
 		hdr["Www-Authenticate"] = p.wwwAuth
 	}
+	if p.allow != nil {
+		hdr["Allow"] = p.allow
+	}
 	h.writeRateLimit(hdr, e)
 	switch p.outcome {
 	case outcomeUnavailable:
 		hdr["Retry-After"] = h.problems.retryOne
 	case outcomeRateLimited:
 		hdr["Retry-After"] = []string{retryAfter(e.rl.RetryAfter)}
+	case outcomeThrottled:
+		hdr["Retry-After"] = []string{retryAfter(e.throttleWait)}
 	}
 	w.WriteHeader(p.status)
 	// The request id is [A-Za-z0-9._:-] only, so it needs no escaping.

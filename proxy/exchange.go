@@ -54,6 +54,7 @@ type exchange struct {
 	authenticated bool
 	rl            ratelimit.Result
 	limited       bool // rl holds a limiter decision
+	throttleWait  time.Duration
 
 	outcome outcome
 	status  int

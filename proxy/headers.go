@@ -84,13 +84,39 @@ func isGuarded(name string) bool {
 	return false
 }
 
+// forwardedPrefix starts the X-Forwarded-* family (normalised). httputil
+// removes only -For, -Host and -Proto; backends also read -Port, -Prefix,
+// -Server, -Ssl, -Scheme and -Uri as facts about the connection.
+const forwardedPrefix = "x-forwarded-"
+
+// connectionFacts are other headers (normalised) that backends and
+// frameworks read as facts about the client's connection or the original
+// URL (X-Original-URL has bypassed path rules in front of IIS and
+// Symfony). Only a trusted proxy may state them.
+var connectionFacts = [...]string{
+	"x-real-ip", "true-client-ip", "x-client-ip", "x-cluster-client-ip", "cf-connecting-ip",
+	"fastly-client-ip", "x-original-forwarded-for", "x-original-url", "x-rewrite-url", "x-original-host",
+}
+
+func isConnectionFact(name string) bool {
+	for _, f := range connectionFacts {
+		if len(name) == len(f) && hasNormPrefix(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
 // forwardable reports whether a client header may reach the backend. It
 // refuses the credentials and every name a client could pose as someone
-// with: any spelling of the identity prefix, and '_' spellings of the
-// headers we set.
-func (n *headerNames) forwardable(name string) bool {
+// with: any spelling of the identity prefix, '_' spellings of the headers
+// we set, and, unless the peer is a trusted proxy, any spelling of the
+// X-Forwarded-* family and of the other client-address headers.
+func (n *headerNames) forwardable(name string, trusted bool) bool {
 	switch {
 	case hasNormPrefix(name, n.prefix):
+		return false
+	case !trusted && (hasNormPrefix(name, forwardedPrefix) || isConnectionFact(name)):
 		return false
 	case strings.IndexByte(name, '_') >= 0 || len(name) == len("authorization"):
 		return !isGuarded(name)
@@ -101,12 +127,27 @@ func (n *headerNames) forwardable(name string) bool {
 // strip deletes the headers that are not forwardable. Deleting in place
 // beats copying into a presized map: the growth this saves costs fewer
 // allocations than a new map of that size.
-func (n *headerNames) strip(h http.Header) {
+func (n *headerNames) strip(h http.Header, trusted bool) {
 	for k := range h {
-		if !n.forwardable(k) {
+		if !n.forwardable(k, trusted) {
 			delete(h, k)
 		}
 	}
+}
+
+// filterUpgrade keeps a WebSocket upgrade and drops any other before the
+// ReverseProxy sees it. After an upgrade the proxy relays bytes, not
+// requests: an h2c upgrade would let every later request on that
+// connection reach the backend unauthenticated, with identity headers of
+// the client's choosing ("h2c smuggling"). A server may ignore an Upgrade
+// it does not support (RFC 9110 §7.8), so the request goes on without it.
+func filterUpgrade(h http.Header) {
+	up := h["Upgrade"]
+	if len(up) == 1 && equalFoldASCII(up[0], "websocket") {
+		return
+	}
+	delete(h, "Upgrade")
+	delete(h, "Http2-Settings")
 }
 
 // rewrite is the ReverseProxy's Rewrite hook. It runs after hop-by-hop
@@ -116,7 +157,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	e := exchangeFrom(pr.In.Context())
 	pr.SetURL(h.upstream)
 	out := pr.Out.Header
-	h.names.strip(out)
+	h.names.strip(out, e != nil && e.trusted)
 	if e == nil { // not reached through ServeHTTP: forward no identity
 		return
 	}

@@ -112,6 +112,8 @@ keyproxy_http_requests_total{code="200",outcome="allowed"} 1
 keyproxy_http_requests_total{code="401",outcome="invalid_key"} 1
 keyproxy_http_requests_total{code="401",outcome="missing_key"} 1
 keyproxy_http_requests_total{code="403",outcome="subscription_inactive"} 0
+keyproxy_http_requests_total{code="405",outcome="method_not_allowed"} 0
+keyproxy_http_requests_total{code="429",outcome="auth_throttled"} 0
 keyproxy_http_requests_total{code="429",outcome="rate_limited"} 0
 keyproxy_http_requests_total{code="502",outcome="upstream_error"} 0
 keyproxy_http_requests_total{code="503",outcome="auth_unavailable"} 0

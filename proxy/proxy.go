@@ -83,8 +83,19 @@ type Config struct {
 	// RateLimitHeaders, when set, writes the limiter's result on every
 	// authenticated response.
 	RateLimitHeaders HeaderWriter
-	Recorder         Recorder
-	Usage            UsageTracker
+	// InvalidKeyLimit bounds, per client address (IPv6: per /64; behind
+	// TrustedProxies: the audited client address), the keys a client may
+	// present that pass the format check and are then refused (unknown,
+	// revoked, expired, owner gone). Over it, every request from that
+	// address is refused with 429 auth_throttled before any lookup, until
+	// the budget refills: a flood of random well-formed keys does not
+	// become a flood of store queries. Zero: no limit.
+	InvalidKeyLimit ratelimit.Limit
+	// ThrottleClients bounds the addresses InvalidKeyLimit remembers;
+	// zero means DefaultThrottleClients.
+	ThrottleClients int
+	Recorder        Recorder
+	Usage           UsageTracker
 	// Transport reaches the backend; nil means NewTransport(UpstreamTimeout).
 	Transport http.RoundTripper
 	// Logger receives upstream errors and, with AccessLog, one line per
@@ -103,6 +114,7 @@ type Handler struct {
 	resolver  Resolver
 	limiter   Limiter
 	rlHeaders HeaderWriter
+	throttle  *throttle
 	recorder  Recorder
 	usage     UsageTracker
 	log       *zap.Logger
@@ -136,6 +148,9 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.UpstreamTimeout == 0 {
 		cfg.UpstreamTimeout = DefaultUpstreamTimeout
 	}
+	if l := cfg.InvalidKeyLimit; l != (ratelimit.Limit{}) && (l.Requests <= 0 || l.Per <= 0 || l.Burst <= 0) {
+		return nil, fmt.Errorf("proxy: InvalidKeyLimit %s must be zero or have positive requests, per and burst", l)
+	}
 	if cfg.HeaderPrefix == "" {
 		cfg.HeaderPrefix = DefaultHeaderPrefix
 	}
@@ -161,6 +176,7 @@ func New(cfg Config) (*Handler, error) {
 		resolver:  cfg.Resolver,
 		limiter:   cfg.Limiter,
 		rlHeaders: cfg.RateLimitHeaders,
+		throttle:  newThrottle(cfg.InvalidKeyLimit, cfg.ThrottleClients),
 		recorder:  cfg.Recorder,
 		usage:     cfg.Usage,
 		log:       cfg.Logger,
@@ -199,6 +215,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	e := h.begin(r)
 	h.m.inFlight.Inc()
 	defer h.finish(e)
+	if _, ok := r.Header["Upgrade"]; ok {
+		filterUpgrade(r.Header)
+	}
 	if p := h.admit(e); p != nil {
 		h.refuse(w, e, p)
 		return
@@ -211,6 +230,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // that refuses it, or nil. The order is fixed: parse (no I/O) → resolve →
 // check → limit, and the first refusal ends it.
 func (h *Handler) admit(e *exchange) *preparedProblem {
+	// CONNECT would open a tunnel past every later check, and TRACE echoes
+	// the request back with the identity headers we add.
+	if m := e.req.Method; m == http.MethodConnect || m == http.MethodTrace {
+		return &h.problems.method
+	}
 	token, st := bearerToken(e.req.Header["Authorization"])
 	switch st {
 	case tokenMissing:
@@ -223,13 +247,22 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	if err != nil {
 		return &h.problems.invalid
 	}
+	var client netip.Addr
+	if h.throttle != nil {
+		if client = h.throttleKey(e); client.IsValid() {
+			if wait, blocked := h.throttle.blocked(client, e.start); blocked {
+				e.throttleWait = wait
+				return &h.problems.throttled
+			}
+		}
+	}
 	ctx := e.req.Context()
 	e.id, err = h.resolver.Resolve(ctx, parsed.Hash)
 	switch {
 	case err == nil:
 	case errors.Is(err, keystore.ErrNotFound):
 		e.id = keystore.Identity{}
-		return &h.problems.invalid
+		return h.refusedKey(e, client)
 	case ctx.Err() != nil:
 		return &h.problems.clientGone
 	default:
@@ -243,7 +276,7 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		return &h.problems.inactive
 	default:
 		e.id = keystore.Identity{} // a refused key's owner is not named
-		return &h.problems.invalid
+		return h.refusedKey(e, client)
 	}
 	e.authenticated = true
 	if h.limiter != nil {
@@ -257,6 +290,30 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	}
 	e.outcome = outcomeAllowed
 	return nil
+}
+
+// refusedKey charges a key that passed the format check and was refused to
+// the client's throttle budget. Unknown, revoked and expired keys all
+// count, so the throttle cannot tell a client which of them it sent.
+func (h *Handler) refusedKey(e *exchange, client netip.Addr) *preparedProblem {
+	if client.IsValid() {
+		h.throttle.fail(client, e.start)
+	}
+	return &h.problems.invalid
+}
+
+// throttleKey is the address the throttle counts the request against: the
+// audited client address; invalid when there is none (a Unix socket).
+func (h *Handler) throttleKey(e *exchange) netip.Addr {
+	ip := e.peer
+	if e.trusted {
+		ip = h.clientIP(e)
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return throttleKey(a)
 }
 
 // begin prepares the request's exchange: clocks, request id and peer.

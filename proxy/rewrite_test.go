@@ -71,22 +71,35 @@ func TestFilterDropsEverySpellingOfOurHeaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	removed := []string{"Authorization", "authorization", "X-Wevion-Role", "x-wevion-role", "X_Wevion_Role", "x-wevion_user-id",
+	always := []string{"Authorization", "authorization", "X-Wevion-Role", "x-wevion-role", "X_Wevion_Role", "x-wevion_user-id",
 		"X-WEVION-ANYTHING", "X_wevion_", "X-Wevion-", "X_Request_Id", "x_forwarded_for", "X_Forwarded_Host", "X_FORWARDED_PROTO"}
-	kept := []string{"X-Wevio", "X-Wevion", "Accept", "X-Request-Id", "X-Forwarded-For", "X_Custom_Header", "Xwevion-Role", "X-Wevionx"}
-	h := http.Header{}
-	for _, n := range append(removed, kept...) {
-		h[n] = []string{"v"}
-	}
-	names.strip(h)
-	for _, n := range removed {
-		if _, ok := h[n]; ok {
-			t.Errorf("%q kept", n)
+	// Facts about the connection: a trusted proxy may state them, a
+	// client may not.
+	facts := []string{"X-Forwarded-Port", "X-Forwarded-Prefix", "x-forwarded-server", "X_Forwarded_Ssl", "X-Forwarded-Scheme",
+		"X-Forwarded-Uri", "X-Real-Ip", "x_real_ip", "True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "X-Original-Url",
+		"X-Rewrite-Url", "X_Original_URL", "X-Original-Forwarded-For", "X-Original-Host", "X-Cluster-Client-Ip", "Fastly-Client-Ip"}
+	kept := []string{"X-Wevio", "X-Wevion", "Accept", "X-Request-Id", "X_Custom_Header", "Xwevion-Role", "X-Wevionx",
+		"X-Forwarded", "X-Forwardedfor", "X-Real-Ipx", "X-Original"}
+	for _, trusted := range []bool{false, true} {
+		h := http.Header{}
+		for _, n := range append(append(append([]string{}, always...), facts...), kept...) {
+			h[n] = []string{"v"}
 		}
-	}
-	for _, n := range kept {
-		if _, ok := h[n]; !ok {
-			t.Errorf("%q removed", n)
+		names.strip(h, trusted)
+		for _, n := range always {
+			if _, ok := h[n]; ok {
+				t.Errorf("trusted=%v: %q kept", trusted, n)
+			}
+		}
+		for _, n := range facts {
+			if _, ok := h[n]; ok != trusted {
+				t.Errorf("trusted=%v: %q kept=%v", trusted, n, ok)
+			}
+		}
+		for _, n := range kept {
+			if _, ok := h[n]; !ok {
+				t.Errorf("trusted=%v: %q removed", trusted, n)
+			}
 		}
 	}
 }
@@ -100,6 +113,10 @@ func FuzzRewriteHeaders(f *testing.F) {
 	f.Add("x_wevion_user-id", "usr_evil", "X-Request-Id", "bad id")
 	f.Add("AUTHORIZATION", "Bearer x", "Connection", "X-Wevion-Key-Id, X-Request-Id")
 	f.Add("X-Wevion-Team-Id", "t", "X_WEVION_TEAM_ID", "t2")
+	f.Add("Upgrade", "h2c", "Connection", "Upgrade, HTTP2-Settings")
+	f.Add("X-Forwarded-Port", "443", "X_Real_IP", "6.6.6.6")
+	f.Add("Forwarded", "for=1.2.3.4", "X-Original-URL", "/admin")
+	ours := map[string]bool{"X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true}
 	rt := &captureTransport{}
 	h, key := newTestHandler(f, rt)
 	want := map[string]string{
@@ -127,6 +144,15 @@ func FuzzRewriteHeaders(f *testing.F) {
 			}
 			if len(name) == len("authorization") && hasNormPrefix(name, "authorization") {
 				t.Fatalf("backend got %q", name)
+			}
+			if hasNormPrefix(name, forwardedPrefix) && !ours[name] || isConnectionFact(name) {
+				t.Fatalf("backend got the client's %q: %q", name, vals)
+			}
+			if ours[name] && len(vals) != 1 {
+				t.Fatalf("backend got %d values of %s", len(vals), name)
+			}
+			if name == "Upgrade" && (len(vals) != 1 || !equalFoldASCII(vals[0], "websocket")) || name == "Http2-Settings" {
+				t.Fatalf("backend got %s: %q", name, vals)
 			}
 		}
 		for name := range want {
