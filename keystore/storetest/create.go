@@ -1,0 +1,226 @@
+package storetest
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wevion/keyproxy/keystore"
+)
+
+func testCreateReturnsStored(t *testing.T, s keystore.Store) {
+	nk := newKey(t, "team_a", "user_a", "owner")
+	nk.ExpiresAt = timePtr(now().Add(48 * time.Hour))
+	k := create(t, s, nk)
+	want := keystore.Key{
+		ID: nk.ID, Hash: nk.Hash, Start: nk.Start, Name: nk.Name, UserID: nk.UserID, TeamID: nk.TeamID,
+		Role: "owner", CreatedAt: nk.CreatedAt, ExpiresAt: nk.ExpiresAt,
+	}
+	checkKey(t, k, want)
+	checkKey(t, getKey(t, s, nk.ID), want)
+	if len(k.EvictHashes) != 0 {
+		t.Fatalf("first key of a new user evicts %d hashes", len(k.EvictHashes))
+	}
+}
+
+func testCreateNewOwnerActive(t *testing.T, s keystore.Store) {
+	nk := newKey(t, "team_a", "user_a", "admin")
+	create(t, s, nk)
+	got := resolve(t, s, nk.Hash)
+	want := keystore.Identity{KeyID: nk.ID, UserID: "user_a", TeamID: "team_a", Role: "admin",
+		UserActive: true, TeamActive: true, SameTeam: true}
+	if got != want {
+		t.Fatalf("Resolve = %+v, want %+v", got, want)
+	}
+	if got.Check(time.Now()) != keystore.StatusValid {
+		t.Fatalf("new key is not valid: %v", got.Check(time.Now()))
+	}
+}
+
+func testCreateKeepsUserActive(t *testing.T, s keystore.Store) {
+	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: false}); err != nil {
+		t.Fatal(err)
+	}
+	nk := newKey(t, "team_a", "user_a", "owner")
+	create(t, s, nk)
+	id := resolve(t, s, nk.Hash)
+	if id.UserActive {
+		t.Fatal("CreateKey reactivated a deactivated user")
+	}
+	if id.Role != "owner" {
+		t.Fatalf("role = %q, want the create's role owner", id.Role)
+	}
+}
+
+func testCreateInactiveTeam(t *testing.T, s keystore.Store) {
+	if _, _, err := s.PutTeam(ctx(t), keystore.Team{ID: "team_a", Active: false}); err != nil {
+		t.Fatal(err)
+	}
+	nk := newKey(t, "team_a", "user_a", "owner")
+	_, err := s.CreateKey(ctx(t), nk)
+	wantErr(t, err, keystore.ErrTeamInactive, "CreateKey in inactive team")
+	_, err = s.GetKey(ctx(t), nk.ID)
+	wantErr(t, err, keystore.ErrNotFound, "GetKey of refused key")
+}
+
+func testCreateConflict(t *testing.T, s keystore.Store) {
+	first := newKey(t, "team_a", "user_a", "owner")
+	create(t, s, first)
+
+	sameID := newKey(t, "team_a", "user_a", "owner")
+	sameID.ID = first.ID
+	_, err := s.CreateKey(ctx(t), sameID)
+	wantErr(t, err, keystore.ErrConflict, "duplicate id")
+
+	sameHash := newKey(t, "team_a", "user_a", "owner")
+	sameHash.Hash = first.Hash
+	_, err = s.CreateKey(ctx(t), sameHash)
+	wantErr(t, err, keystore.ErrConflict, "duplicate hash")
+
+	keys, err := s.ListKeys(ctx(t), keystore.KeyFilter{TeamID: "team_a"})
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("after conflicts: %d keys, %v; want 1", len(keys), err)
+	}
+}
+
+func testCreateInvalid(t *testing.T, s keystore.Store) {
+	tests := []struct {
+		name   string
+		mutate func(*keystore.NewKey)
+	}{
+		{"zero limit", func(k *keystore.NewKey) { k.MaxActivePerTeam = 0 }},
+		{"no id", func(k *keystore.NewKey) { k.ID = "" }},
+		{"no user", func(k *keystore.NewKey) { k.UserID = "" }},
+		{"no team", func(k *keystore.NewKey) { k.TeamID = "" }},
+	}
+	for _, tt := range tests {
+		nk := newKey(t, "team_a", "user_a", "owner")
+		tt.mutate(&nk)
+		if _, err := s.CreateKey(ctx(t), nk); err == nil {
+			t.Errorf("%s: CreateKey succeeded", tt.name)
+		}
+	}
+}
+
+func testCreateLimit(t *testing.T, s keystore.Store) {
+	for i := range Max {
+		create(t, s, newKey(t, "team_a", fmt.Sprintf("user_%d", i%3), "owner"))
+	}
+	_, err := s.CreateKey(ctx(t), newKey(t, "team_a", "user_0", "owner"))
+	wantErr(t, err, keystore.ErrKeyLimitReached, "key 11")
+	// The bound is per team.
+	create(t, s, newKey(t, "team_b", "user_b", "owner"))
+	// A lower bound than the current count also refuses.
+	low := newKey(t, "team_a", "user_0", "owner")
+	low.MaxActivePerTeam = 3
+	_, err = s.CreateKey(ctx(t), low)
+	wantErr(t, err, keystore.ErrKeyLimitReached, "over a lower bound")
+}
+
+func testCreateLimitIgnoresInactiveKeys(t *testing.T, s keystore.Store) {
+	var made []keystore.Key
+	for range Max {
+		made = append(made, create(t, s, newKey(t, "team_a", "user_a", "owner")))
+	}
+	if _, err := s.RevokeKey(ctx(t), made[0].ID, now()); err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, newKey(t, "team_a", "user_a", "owner")) // takes the revoked key's place
+	if _, err := s.UpdateKey(ctx(t), made[1].ID, keystore.KeyUpdate{ExpiresAt: timePtr(now().Add(-time.Second))}); err != nil {
+		t.Fatal(err)
+	}
+	create(t, s, newKey(t, "team_a", "user_a", "owner")) // takes the expired key's place
+	_, err := s.CreateKey(ctx(t), newKey(t, "team_a", "user_a", "owner"))
+	wantErr(t, err, keystore.ErrKeyLimitReached, "full again")
+	// A key that expires later still counts.
+	if _, err := s.UpdateKey(ctx(t), made[2].ID, keystore.KeyUpdate{ExpiresAt: timePtr(now().Add(time.Hour))}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.CreateKey(ctx(t), newKey(t, "team_a", "user_a", "owner"))
+	wantErr(t, err, keystore.ErrKeyLimitReached, "future expiry still counts")
+}
+
+func testCreateConcurrent(t *testing.T, s keystore.Store) {
+	const n = 50
+	var (
+		wg                    sync.WaitGroup
+		mu                    sync.Mutex
+		created, limited, bad int
+		errs                  []error
+	)
+	start := make(chan struct{})
+	for i := range n {
+		nk := newKey(t, "team_a", fmt.Sprintf("user_%d", i%5), "owner")
+		wg.Go(func() {
+			<-start
+			_, err := s.CreateKey(ctx(t), nk)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				created++
+			case errors.Is(err, keystore.ErrKeyLimitReached):
+				limited++
+			default:
+				bad++
+				errs = append(errs, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if created != Max || limited != n-Max || bad != 0 {
+		t.Fatalf("created %d, limited %d, failed %d (%v); want %d, %d, 0", created, limited, bad, errs, Max, n-Max)
+	}
+	keys, err := s.ListKeys(ctx(t), keystore.KeyFilter{TeamID: "team_a"})
+	if err != nil || len(keys) != Max {
+		t.Fatalf("stored %d keys (%v), want %d", len(keys), err, Max)
+	}
+}
+
+func testCreateMovesUser(t *testing.T, s keystore.Store) {
+	old1 := create(t, s, newKey(t, "team_a", "user_a", "owner"))
+	old2 := create(t, s, newKey(t, "team_a", "user_a", "owner"))
+	revoked := create(t, s, newKey(t, "team_a", "user_a", "owner"))
+	if _, err := s.RevokeKey(ctx(t), revoked.ID, now()); err != nil {
+		t.Fatal(err)
+	}
+	other := create(t, s, newKey(t, "team_a", "user_other", "admin"))
+
+	moved := create(t, s, newKey(t, "team_b", "user_a", "admin"))
+	evict := moved.EvictHashes
+	slices.SortFunc(evict, func(a, b keystore.Hash) int { return slices.Compare(a[:], b[:]) })
+	want := []keystore.Hash{old1.Hash, old2.Hash}
+	slices.SortFunc(want, func(a, b keystore.Hash) int { return slices.Compare(a[:], b[:]) })
+	if !slices.Equal(evict, want) {
+		t.Fatalf("EvictHashes = %v, want the two unrevoked old keys %v", evict, want)
+	}
+	for _, k := range []keystore.Key{old1, old2} {
+		id := resolve(t, s, k.Hash)
+		if id.SameTeam || id.Check(time.Now()) != keystore.StatusInvalid {
+			t.Fatalf("old key after move: %+v, want SameTeam false and invalid", id)
+		}
+		if id.TeamID != "team_a" || id.Role != "admin" {
+			t.Fatalf("old key after move: team %q role %q, want team_a and the current role", id.TeamID, id.Role)
+		}
+	}
+	if id := resolve(t, s, moved.Hash); !id.SameTeam || id.Check(time.Now()) != keystore.StatusValid {
+		t.Fatalf("new key after move: %+v, want valid", id)
+	}
+	if id := resolve(t, s, other.Hash); !id.SameTeam {
+		t.Fatal("another user's key was affected by the move")
+	}
+	// Same team and role again: nothing changes, nothing to evict.
+	again := create(t, s, newKey(t, "team_b", "user_a", "admin"))
+	if len(again.EvictHashes) != 0 {
+		t.Fatalf("unchanged owner evicts %d hashes", len(again.EvictHashes))
+	}
+	// A role change alone also makes the other keys stale.
+	promoted := create(t, s, newKey(t, "team_b", "user_a", "super_admin"))
+	if len(promoted.EvictHashes) != 4 {
+		t.Fatalf("role change evicts %d hashes, want the user's 4 other unrevoked keys", len(promoted.EvictHashes))
+	}
+}
