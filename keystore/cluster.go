@@ -111,6 +111,9 @@ func NewCluster(rdb clusterClient, local localCache, rc *RedisCache, o ClusterOp
 	if rdb == nil || local == nil {
 		return nil, errors.New("keystore: cluster needs a redis client and a local cache")
 	}
+	if err := checkContextTimeouts(rdb); err != nil {
+		return nil, err
+	}
 	if o.ReplicaID == "" {
 		id, err := newReplicaID()
 		if err != nil {
@@ -164,10 +167,12 @@ func NewCluster(rdb clusterClient, local localCache, rc *RedisCache, o ClusterOp
 func (c *Cluster) ReplicaID() string { return c.id }
 
 // Start subscribes, registers the replica and starts the heartbeat. It
-// waits for the first subscription until ctx ends, so that a replica is
-// listening before any evicter counts it, but it does not fail when Redis
-// is unreachable: the replica then serves from its local cache and the
-// store, and joins when Redis answers. It fails only if called twice.
+// waits for the outcome of the first subscription attempt (bounded by
+// Timeout to connect and about three HeartbeatIntervals to hear back) or
+// for ctx, so that a replica is listening before any evicter counts it.
+// It does not fail when Redis is unreachable: the replica then serves from
+// its local cache and the store, and joins when Redis answers. It fails
+// only if called twice. Evict needs a started Cluster.
 func (c *Cluster) Start(ctx context.Context) error {
 	c.mu.Lock()
 	if c.started {
@@ -292,6 +297,12 @@ func (c *Cluster) Evict(ctx context.Context, hashes []Hash) (confirmed, replicas
 	cancel()
 	if err != nil {
 		c.log.Warn("eviction could not be published; other replicas stop within cache.ttl", zap.Error(err))
+		c.metrics.acks.timeout.Add(float64(len(w.want)))
+		return 1, replicas
+	}
+	if !c.subscribed.Load() {
+		// Acks come back on this replica's subscription; while it
+		// reconnects none can arrive, so waiting would only cost AckTimeout.
 		c.metrics.acks.timeout.Add(float64(len(w.want)))
 		return 1, replicas
 	}

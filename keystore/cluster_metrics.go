@@ -18,12 +18,12 @@ import (
 //	keyproxy_cluster_resubscribes_total       subscriptions restored (each flushed the local cache)
 //	keyproxy_cluster_invalid_messages_total   eviction or ack messages that failed to parse
 type clusterMetrics struct {
-	propagation prometheus.Histogram
-	acks        struct{ confirmed, timeout prometheus.Counter }
-	redisUp     prometheus.Gauge
-	replicas    prometheus.Gauge
-	subscribed  prometheus.Gauge
-	resubscribes,
+	propagation     prometheus.Histogram
+	acks            struct{ confirmed, timeout prometheus.Counter }
+	redisUp         prometheus.Gauge
+	replicas        prometheus.Gauge
+	subscribed      prometheus.Gauge
+	resubscribes    prometheus.Counter
 	invalidMessages prometheus.Counter
 }
 

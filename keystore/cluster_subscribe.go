@@ -91,8 +91,15 @@ func (c *Cluster) session(ctx context.Context, first chan struct{}) error {
 		silent = 0
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind == "subscribe" && m.Channel == c.o.Channel {
+			if m.Kind != "subscribe" {
+				break
+			}
+			switch m.Channel {
+			case c.o.Channel:
 				c.local.Flush()
+			case c.ack:
+				// One SUBSCRIBE names both channels; the ack channel's
+				// confirmation comes second and completes the session.
 				if c.everSubscribed.Swap(true) {
 					c.metrics.resubscribes.Inc()
 					c.log.Info("eviction subscription restored; local cache flushed")

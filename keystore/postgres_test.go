@@ -2,13 +2,18 @@ package keystore_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/wevion/keyproxy/internal/testserver"
 	"github.com/wevion/keyproxy/keystore"
@@ -27,10 +32,52 @@ func openPostgres(t testing.TB, dsn string) *keystore.Postgres {
 	return s
 }
 
+// pgSchema creates a schema in the database dsn names and returns a DSN
+// that works in it (search_path), as an operator sharing a database would.
+// A schema costs a fraction of a CREATE DATABASE.
+func pgSchema(t testing.TB, dsn string) string {
+	t.Helper()
+	ctx := testserver.Context(t)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "kp_" + hex.EncodeToString(b[:])
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+name); err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", name)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 func TestPostgres_Contract(t *testing.T) {
+	db := testserver.NewPostgresDB(t)
 	storetest.Run(t, func(t *testing.T) keystore.Store {
-		return openPostgres(t, testserver.NewPostgresDB(t))
+		return openPostgres(t, pgSchema(t, db))
 	})
+}
+
+// Two stores in two schemas of one database see nothing of each other.
+func TestPostgres_SchemasAreSeparate(t *testing.T) {
+	db := testserver.NewPostgresDB(t)
+	a, b := openPostgres(t, pgSchema(t, db)), openPostgres(t, pgSchema(t, db))
+	ctx := testserver.Context(t)
+	k, err := a.CreateKey(ctx, pgNewKey(t, "team_a", "user_a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.GetKey(ctx, k.ID); !errors.Is(err, keystore.ErrNotFound) {
+		t.Fatalf("the other schema's store finds the key: %v", err)
+	}
 }
 
 // Two replicas, each with its own pool, share one database: the team row

@@ -92,6 +92,12 @@ type RedisCacheOptions struct {
 // writing the identity back with a TTL. Redis failures never refuse a key:
 // the lookup falls through to next. Unknown hashes are not cached. It is
 // safe for concurrent use.
+//
+// The guard against stale fills lives in Redis (tombstones), so Redis must
+// keep what it is given for its TTL: run it with maxmemory-policy
+// noeviction (or memory to spare). A tombstone evicted under memory
+// pressure, or lost in a restart without persistence while a fill is in
+// flight, can let that fill store a stale identity for at most TTL.
 type RedisCache struct {
 	rdb           redisCacheClient
 	next          Backend
@@ -118,6 +124,9 @@ type RedisCache struct {
 func NewRedisCache(rdb redisCacheClient, next Backend, o RedisCacheOptions) (*RedisCache, error) {
 	if rdb == nil || next == nil {
 		return nil, errors.New("keystore: redis cache needs a client and a next backend")
+	}
+	if err := checkContextTimeouts(rdb); err != nil {
+		return nil, err
 	}
 	if o.TTL <= 0 {
 		o.TTL = 10 * time.Second
@@ -337,6 +346,16 @@ func (c *RedisCache) get(ctx context.Context, key string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	return c.rdb.Get(ctx, key).Result()
+}
+
+// checkContextTimeouts refuses a *redis.Client that ignores context
+// deadlines: with it, the per-call timeouts that keep a slow Redis from
+// stalling the proxy would silently not apply.
+func checkContextTimeouts(rdb any) error {
+	if c, ok := rdb.(interface{ Options() *redis.Options }); ok && !c.Options().ContextTimeoutEnabled {
+		return errors.New("keystore: the redis client must be built with ContextTimeoutEnabled, or Redis calls are not bounded")
+	}
+	return nil
 }
 
 func (c *RedisCache) usable() bool { return time.Now().UnixNano() >= c.downUntil.Load() }
