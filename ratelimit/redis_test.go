@@ -25,7 +25,7 @@ func newClient(t testing.TB, addr string) *redis.Client {
 	c := redis.NewClient(&redis.Options{
 		Addr:                  addr,
 		ContextTimeoutEnabled: true,
-		MaxRetries:            -1,
+		MaxRetries:            1, // as in production: one retry on a connection that a Redis restart broke
 		DialTimeout:           100 * time.Millisecond,
 	})
 	t.Cleanup(func() { _ = c.Close() })
