@@ -51,6 +51,11 @@ type AuditQuerier interface {
 type ReadinessCheck struct {
 	Name  string
 	Check func(ctx context.Context) error
+	// Degrades marks a dependency the replica can serve without (Redis:
+	// keys then resolve from the store). Its failure is reported in the
+	// body as "degraded" but keeps /readyz at 200, so that a Redis outage
+	// does not make the load balancer drop every replica at once.
+	Degrades bool
 }
 
 // Config wires the handler. Store, Evictor and Format are required.
@@ -86,6 +91,9 @@ type Config struct {
 	Now func() time.Time
 	// Metrics is served at /metrics without a token; nil answers 404.
 	Metrics http.Handler
+	// SecretScanning, when set, serves POST /github/secret-scanning (no
+	// admin token: GitHub's signature authenticates the report).
+	SecretScanning *SecretScanning
 }
 
 const (
@@ -114,6 +122,7 @@ type Handler struct {
 	log          *zap.Logger
 	now          func() time.Time
 	metricsH     http.Handler
+	scanner      *secretScanner
 	metrics      *metrics
 	mux          *http.ServeMux
 }
@@ -184,6 +193,11 @@ func New(cfg Config) (*Handler, error) {
 	if h.now == nil {
 		h.now = time.Now
 	}
+	scanner, err := newSecretScanner(cfg.SecretScanning)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	h.scanner = scanner
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -217,6 +231,9 @@ func (h *Handler) routes() *http.ServeMux {
 		{"/readyz", map[string]http.HandlerFunc{http.MethodGet: h.readyz}},
 		{"/metrics", map[string]http.HandlerFunc{http.MethodGet: h.serveMetrics}},
 	}
+	if h.scanner != nil {
+		table = append(table, route{SecretScanningPath, map[string]http.HandlerFunc{http.MethodPost: h.secretScanningReport}})
+	}
 	mux := http.NewServeMux()
 	for _, rt := range table {
 		var allow []string
@@ -245,7 +262,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{requestID: requestID(r.Header.Get("X-Request-Id")), clientIP: clientIP(r.RemoteAddr), started: started}
 	sw := &statusWriter{ResponseWriter: w}
 	sw.Header().Set("X-Request-Id", x.requestID)
-	r.Body = http.MaxBytesReader(w, r.Body, h.maxBody)
+	limit := h.maxBody
+	if h.scanner != nil && r.URL.Path == SecretScanningPath {
+		limit = h.scanner.maxBody
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	r = r.WithContext(withExchange(r.Context(), x))
 
 	_, pattern := h.mux.Handler(r)
@@ -262,7 +283,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		h.mux.ServeHTTP(sw, r)
 	}
-	h.observe(r, sw, x, pattern, admin, time.Since(started))
+	// A leak report is as notable as an admin call: log it at the same level.
+	h.observe(r, sw, x, pattern, admin || r.URL.Path == SecretScanningPath, time.Since(started))
 }
 
 func isAdminPath(p string) bool { return p == "/admin" || strings.HasPrefix(p, "/admin/") }

@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"testing"
 
@@ -74,5 +75,50 @@ func FuzzPutUserRequest(f *testing.F) {
 	e.create("fuzzed", "u1", "t1", "owner")
 	f.Fuzz(func(t *testing.T, body string) {
 		checkFuzzResponse(t, serve(e.h, "PUT", "/admin/v1/users/u1", body))
+	})
+}
+
+func FuzzPutTeamRequest(f *testing.F) {
+	for _, s := range []string{`{"active":true}`, `{"active":false}`, `{"active":null}`, `{"active":1}`, `{"Active":true}`, `{}`, `{"active":true}{}`} {
+		f.Add(s)
+	}
+	e := newEnv(f)
+	e.create("fuzzed", "u1", "t1", "owner")
+	f.Fuzz(func(t *testing.T, body string) {
+		checkFuzzResponse(t, serve(e.h, "PUT", "/admin/v1/teams/t1", body))
+	})
+}
+
+// FuzzSecretScanningReport: whatever a correctly signed report holds, the
+// answer is a verdict per token or a problem, never a 5xx, and only one of
+// our keys is ever a true positive.
+func FuzzSecretScanningReport(f *testing.F) {
+	s := newScanEnv(f)
+	live := s.create("leaked", "u1", "t1", "owner")
+	for _, body := range []string{
+		reportOf(live.Key), reportOf("wev_x", "ghp_abc"), `[]`, `[{"token":"a","type":"b","url":"c","source":"d"}]`,
+		`[{"token":null}]`, `[1]`, `{"token":"x"}`, `[{"token":"x","token":"y"}]`, "[{\"token\":\"\xff\"}]",
+		githubExamplePayload,
+	} {
+		f.Add(body)
+	}
+	f.Fuzz(func(t *testing.T, body string) {
+		w := s.report(body)
+		checkFuzzResponse(t, w)
+		if w.Code != http.StatusOK {
+			return
+		}
+		var got []verdict
+		if err := json.Unmarshal(w.Body.Bytes(), &got); err != nil {
+			t.Fatalf("200 without a verdict array: %s", w.Body)
+		}
+		for _, v := range got {
+			switch {
+			case v.Label == admin.LabelTruePositive && v.TokenRaw != live.Key:
+				t.Fatalf("%q labelled a true positive", v.TokenRaw)
+			case v.Label != admin.LabelTruePositive && v.Label != admin.LabelFalsePositive:
+				t.Fatalf("label %q", v.Label)
+			}
+		}
 	})
 }

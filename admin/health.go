@@ -17,7 +17,7 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 
 type checkResult struct {
 	Name   string `json:"name"`
-	Status string `json:"status"`           // "ok" or "fail"
+	Status string `json:"status"`           // "ok", "fail" or "degraded"
 	Reason string `json:"reason,omitempty"` // "timeout", "unavailable" or "error"
 }
 
@@ -34,6 +34,9 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 			results[i] = checkResult{Name: c.Name, Status: "ok"}
 			if err := c.Check(ctx); err != nil {
 				results[i].Status, results[i].Reason = "fail", reason(ctx, err)
+				if c.Degrades {
+					results[i].Status = "degraded"
+				}
 				h.log.Warn("admin: readiness check failed", zap.String("check", c.Name), zap.Error(err))
 			}
 		})
@@ -45,8 +48,11 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 	}{"ok", results}
 	status := http.StatusOK
 	for _, res := range results {
-		if res.Status != "ok" {
+		switch {
+		case res.Status == "fail":
 			out.Status, status = "unavailable", http.StatusServiceUnavailable
+		case res.Status == "degraded" && status == http.StatusOK:
+			out.Status = "degraded"
 		}
 	}
 	writeJSON(w, r, status, out)

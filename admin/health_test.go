@@ -46,6 +46,12 @@ func TestReadyz_NamesTheFailingCheck(t *testing.T) {
 			return fmt.Errorf("ping: %w", context.DeadlineExceeded)
 		}}}, false, 503, "store:ok:,redis:fail:timeout"},
 		{"store closed", nil, true, 503, "store:fail:unavailable"},
+		{"degrading check down keeps the replica ready", []admin.ReadinessCheck{{Name: "redis", Degrades: true, Check: func(context.Context) error {
+			return fmt.Errorf("ping: %w", keystore.ErrUnavailable)
+		}}}, false, 200, "store:ok:,redis:degraded:unavailable"},
+		{"store down wins over a degraded check", []admin.ReadinessCheck{{Name: "redis", Degrades: true, Check: func(context.Context) error {
+			return errors.New("refused")
+		}}}, true, 503, "store:fail:unavailable,redis:degraded:error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,10 +75,14 @@ func TestReadyz_NamesTheFailingCheck(t *testing.T) {
 			if got != tt.want {
 				t.Fatalf("checks %s, want %s", got, tt.want)
 			}
-			if (b.Status == "ok") != (tt.wantStatus == 200) {
-				t.Fatalf("status field %q", b.Status)
+			wantField := map[bool]string{true: "ok", false: "unavailable"}[tt.wantStatus == 200]
+			if tt.wantStatus == 200 && strings.Contains(got, "degraded") {
+				wantField = "degraded"
 			}
-			if tt.wantStatus == 503 && (len(e.logs.FilterMessage("admin: readiness check failed").All()) != 1) {
+			if b.Status != wantField {
+				t.Fatalf("status field %q, want %q", b.Status, wantField)
+			}
+			if tt.wantStatus == 503 && !strings.Contains(got, "degraded") && (len(e.logs.FilterMessage("admin: readiness check failed").All()) != 1) {
 				t.Fatal("the failure's cause was not logged")
 			}
 		})

@@ -222,15 +222,19 @@ func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
 	// Evict even when the key was already revoked: it is idempotent and
 	// heals a replica that missed the first eviction.
 	confirmed, replicas := h.evictor.Evict(ctx, []keystore.Hash{k.Hash})
-	// The store keeps the first revocation time: another time means this
-	// call found the key already revoked. The tolerance covers PostgreSQL
-	// rounding to microseconds.
-	if k.RevokedAt != nil && k.RevokedAt.Sub(at).Abs() < time.Microsecond {
+	if revokedNow(k, at) {
 		h.metrics.keysRevoked.Inc()
 	}
 	h.record(r, http.StatusNoContent, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	w.Header().Set("Keyproxy-Revocation-Acks", fmt.Sprintf("%d/%d", confirmed, replicas))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// revokedNow reports whether RevokeKey at at revoked k, rather than finding
+// it revoked: the store keeps the first revocation time. The tolerance
+// covers PostgreSQL rounding to microseconds.
+func revokedNow(k keystore.Key, at time.Time) bool {
+	return k.RevokedAt != nil && k.RevokedAt.Sub(at).Abs() < time.Microsecond
 }
 
 // detached returns the context for a change and its eviction: it outlives

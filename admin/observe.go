@@ -19,6 +19,8 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	keysCreated prometheus.Counter
 	keysRevoked prometheus.Counter
+	scanReports *prometheus.CounterVec
+	scanTokens  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,11 +37,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "keyproxy_keys_revoked_total",
 			Help: "API keys revoked through the admin API (repeat revocations not counted).",
 		}),
+		scanReports: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyproxy_secret_scanning_reports_total",
+			Help: "GitHub secret-scanning reports received, by result (accepted, invalid_signature, invalid_request, failed).",
+		}, []string{"result"}),
+		scanTokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyproxy_secret_scanning_tokens_total",
+			Help: "Tokens named by accepted secret-scanning reports, by label (true_positive: one of our keys, now revoked).",
+		}, []string{"label"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.keysCreated, m.keysRevoked} {
+	for _, c := range []prometheus.Collector{m.requests, m.keysCreated, m.keysRevoked, m.scanReports, m.scanTokens} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("admin: registering metrics: %w", err)
 		}
@@ -137,7 +147,8 @@ func (h *Handler) safePath(p string) string {
 const maxUserAgent = 256
 
 // record completes ev with the request's facts and hands it to the
-// recorder. Only successful actions are recorded.
+// recorder. Only successful actions are recorded. An Actor or Outcome ev
+// already holds is kept.
 func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 	if h.recorder == nil {
 		return
@@ -149,14 +160,18 @@ func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 	}
 	ev.Time = h.now().UTC()
 	ev.RequestID = x.requestID
-	ev.Actor = x.actor
+	if ev.Actor == "" {
+		ev.Actor = x.actor
+	}
 	ev.Method = r.Method
 	ev.Path = r.URL.Path
 	ev.Status = status
 	ev.DurationMS = float64(time.Since(x.started).Microseconds()) / 1000
 	ev.ClientIP = x.clientIP
 	ev.UserAgent = ua
-	ev.Outcome = audit.OutcomeSuccess
+	if ev.Outcome == "" {
+		ev.Outcome = audit.OutcomeSuccess
+	}
 	h.recorder.Record(ev)
 }
 
