@@ -46,6 +46,7 @@ type app struct {
 	dialect   audit.Dialect
 	redis     redis.UniversalClient
 	cluster   *keystore.Cluster
+	resolver  *keystore.Resolver
 	audit     *audit.Pipeline
 	auditDB   *audit.SQLStore
 	usage     *keystore.UsageTracker
@@ -132,6 +133,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 	if err != nil {
 		return nil, err
 	}
+	a.resolver = resolver
 	var evictor admin.Evictor = resolver
 	var readiness []admin.ReadinessCheck
 	if a.redis != nil {
@@ -148,7 +150,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 			logger.Warn("redis unreachable at start; serving from the store until it returns", zap.Error(err))
 		}
 		evictor = a.cluster
-		readiness = append(readiness, admin.ReadinessCheck{Name: "redis", Check: a.cluster.Ping})
+		readiness = append(readiness, admin.ReadinessCheck{Name: "redis", Check: a.cluster.Ping, Degrades: true})
 	}
 
 	if a.audit, err = a.buildAudit(bg, cfg, logger, reg); err != nil {
@@ -297,6 +299,9 @@ func (a *app) close(logger *zap.Logger) {
 		if err := a.cluster.Close(); err != nil {
 			logger.Warn("leaving the cluster", zap.Error(err))
 		}
+	}
+	if a.resolver != nil {
+		a.resolver.Close()
 	}
 	if a.stop != nil {
 		a.stop()

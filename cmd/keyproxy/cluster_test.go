@@ -171,8 +171,18 @@ func TestCluster_RedisOutageAndRecovery(t *testing.T) {
 			}
 		}
 	}
+	// Still ready: a load balancer must not drop every replica because
+	// Redis is down; the body says what is degraded.
+	ready, err := http.NewRequest(http.MethodGet, b.adminURL+"/readyz", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := do(t, ready)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"degraded"`) {
+		t.Errorf("/readyz during the Redis outage: %d %s, want 200 and redis degraded", resp.StatusCode, body)
+	}
 	start := time.Now()
-	resp, body := a.admin(t, http.MethodDelete, "/admin/v1/keys/"+id1, nil)
+	resp, body = a.admin(t, http.MethodDelete, "/admin/v1/keys/"+id1, nil)
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("revoke during the outage: %d %s", resp.StatusCode, body)
 	}
