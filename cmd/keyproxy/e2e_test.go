@@ -375,3 +375,66 @@ func TestRun_VersionAndHelp(t *testing.T) {
 		t.Errorf("unknown flag: exit %d, want %d", code, exitBadUsage)
 	}
 }
+
+// N served calls give N queryable api.request events, and last_used_at
+// shows in the key list (written in batches, not per request).
+func TestEndToEnd_AuditCountsMatchAndLastUsedShows(t *testing.T) {
+	up := newUpstream(t)
+	in := startInstance(t, "KEYPROXY_UPSTREAM_URL="+up.URL, "KEYPROXY_LOG_ACCESS=false",
+		"KEYPROXY_RATELIMIT_DEFAULT_REQUESTS=100000", "KEYPROXY_RATELIMIT_DEFAULT_BURST=100000")
+	key, id := createKey(t, in, "usr_aud", "team_aud")
+	const workers, each = 8, 50
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if resp, _ := in.call(t, key, "/r"); resp.StatusCode != http.StatusOK {
+					t.Errorf("call: %d", resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	count := func() int {
+		n, cursor := 0, ""
+		for {
+			path := "/admin/v1/audit?key_id=" + id + "&limit=1000"
+			if cursor != "" {
+				path += "&cursor=" + cursor
+			}
+			resp, body := in.admin(t, http.MethodGet, path, nil)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("audit query: %d %s", resp.StatusCode, body)
+			}
+			var page struct {
+				Events []struct {
+					Type string `json:"type"`
+				} `json:"events"`
+				NextCursor *string `json:"next_cursor"`
+			}
+			if err := json.Unmarshal(body, &page); err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range page.Events {
+				if e.Type == "api.request" {
+					n++
+				}
+			}
+			if page.NextCursor == nil {
+				return n
+			}
+			cursor = *page.NextCursor
+		}
+	}
+	waitFor(t, 10*time.Second, "every call audited", func() bool { return count() >= workers*each })
+	if n := count(); n != workers*each {
+		t.Fatalf("%d api.request events for %d calls", n, workers*each)
+	}
+	waitFor(t, 10*time.Second, "last_used_at in the key list", func() bool {
+		_, body := in.admin(t, http.MethodGet, "/admin/v1/keys/"+id, nil)
+		return decode(t, body)["last_used_at"] != nil
+	})
+}
