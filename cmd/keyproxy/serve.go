@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -111,12 +112,18 @@ loop:
 	logger.Info("shutting down", zap.Duration("timeout", cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := proxySrv.Shutdown(sctx); err != nil {
-		logger.Warn("proxy listener did not drain in time", zap.Error(err))
+	// Both listeners stop accepting at once, then drain their in-flight
+	// requests within the same deadline: one after the other, the admin
+	// listener would accept connections while the proxy drains.
+	var wg sync.WaitGroup
+	for name, srv := range map[string]*http.Server{"proxy": proxySrv, "admin": adminSrv} {
+		wg.Go(func() {
+			if err := srv.Shutdown(sctx); err != nil {
+				logger.Warn(name+" listener did not drain in time", zap.Error(err))
+			}
+		})
 	}
-	if err := adminSrv.Shutdown(sctx); err != nil {
-		logger.Warn("admin listener did not drain in time", zap.Error(err))
-	}
+	wg.Wait()
 	if err := app.drain(sctx, logger); err != nil && runErr == nil {
 		runErr = err
 	}
