@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs keyproxy's whole test suite on a fresh Debian machine with Go:
-# installs redis-server and PostgreSQL when missing, starts a private
+# installs redis-server, PostgreSQL and promtool when missing, starts a private
 # PostgreSQL cluster for the run (unless KEYPROXY_TEST_POSTGRES_DSN names
 # one), then runs `go test -race ./...` and a short pass of every fuzz target.
 # The tests start their own redis-server processes on free ports.
@@ -17,12 +17,31 @@ find_pg_bin
 if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" && ( -z "$pg_bin" || ! -x "$pg_bin/initdb" ) ]]; then
 	need_apt+=(postgresql)
 fi
+# promtool (in Debian's prometheus package) lints the deploy kit and a live
+# scrape; the tests fail without it.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+prometheus_pids() {
+	local d
+	for d in /proc/[0-9]*; do
+		[[ "$(cat "$d/comm" 2>/dev/null)" == prometheus ]] && echo "${d#/proc/}"
+	done
+	return 0
+}
 if ((${#need_apt[@]})); then
 	echo "test.sh: installing ${need_apt[*]}"
 	if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+	prometheus_before=" $(prometheus_pids | tr '\n' ' ') "
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 	find_pg_bin
+	# The package's post-install may start a Prometheus server; the tests
+	# need only promtool. Stop a server the install started, by its PID.
+	for pid in $(prometheus_pids); do
+		if [[ "$prometheus_before" != *" $pid "* ]]; then
+			echo "test.sh: stopping the prometheus server (pid $pid) the package install started"
+			$SUDO kill "$pid" 2>/dev/null || true
+		fi
+	done
 fi
 
 pg_dir=""
