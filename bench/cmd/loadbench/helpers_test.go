@@ -1,0 +1,76 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseWrk_ReadsTheScriptSummary(t *testing.T) {
+	out := []byte("Running 10s test @ http://127.0.0.1:1/v1\n  1 threads and 64 connections\n" +
+		`WRKJSON {"requests":1000,"duration_us":2000000,"connect":1,"read":2,"write":3,"status":7,"timeout":4,"p50_us":150,"p90_us":300,"p99_us":900,"max_us":5000}` + "\n")
+	r, err := parseWrk(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Requests != 1000 || r.Non2xx != 7 || r.Errors != 10 || r.Throughput() != 500 ||
+		r.P50 != 150*time.Microsecond || r.P99 != 900*time.Microsecond || r.Max != 5*time.Millisecond {
+		t.Fatalf("parsed %+v", r)
+	}
+	if _, err := parseWrk([]byte("Requests/sec: 1\n")); err == nil {
+		t.Fatal("output without the summary accepted")
+	}
+}
+
+func TestParseProcStat_PerCoreBusyExcludesIdleAndIOWait(t *testing.T) {
+	before := parseProcStat([]byte("cpu  10 0 10 100 0 0 0 0 0 0\ncpu0 5 0 5 50 0 0 0 0 0 0\ncpu1 5 0 5 50 0 0 0 0 0 0\nintr 1 2 3\n"))
+	after := parseProcStat([]byte("cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 35 0 15 90 10 0 0 0 0 0\ncpu1 105 0 5 50 0 0 0 0 0 0\n"))
+	if len(after) != 2 {
+		t.Fatalf("cores %v", after)
+	}
+	// core 0: busy +40 of +90 total; core 1: +100 of +100.
+	if got := busyShare(before, after, 0); got < 0.444 || got > 0.445 {
+		t.Errorf("core 0 busy %.3f, want 0.444", got)
+	}
+	if got := busyShare(before, after, 1); got != 1 {
+		t.Errorf("core 1 busy %.3f, want 1", got)
+	}
+	if got := busyShare(after, before, 1); got != 0 {
+		t.Errorf("counters going back gave %.3f", got)
+	}
+}
+
+func TestParseProcStatCPU_NameWithSpacesAndParentheses(t *testing.T) {
+	stat := []byte("4242 (key proxy (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 100 0 0")
+	got, err := parseProcStatCPU(stat)
+	if err != nil || got != 3*time.Second {
+		t.Fatalf("got %v, %v; want 3s", got, err)
+	}
+	if _, err := parseProcStatCPU([]byte("garbage")); err == nil {
+		t.Fatal("garbage accepted")
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tt := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{3, 1, 2}, 2}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tt.in); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestSumMetric_AddsEveryLabelSetOfThatMetricOnly(t *testing.T) {
+	expo := "# HELP keyproxy_audit_spilled_total x\n" +
+		"keyproxy_audit_spilled_total{reason=\"queue_full\"} 3\n" +
+		"keyproxy_audit_spilled_total{reason=\"sink_error\"} 2\n" +
+		"keyproxy_audit_spilled_total_other 100\n" +
+		"keyproxy_audit_dropped_total 1\n"
+	if got := sumMetric(expo, "keyproxy_audit_spilled_total"); got != 5 {
+		t.Fatalf("spilled %v, want 5", got)
+	}
+	if got := sumMetric(expo, "keyproxy_audit_dropped_total"); got != 1 {
+		t.Fatalf("dropped %v, want 1", got)
+	}
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// measure runs the rounds (throughput, then latency at half the bare
+// peak) and prints the report to w.
+func (b *bench) measure(ctx context.Context, w io.Writer) error {
+	o := b.o
+	fmt.Fprintln(w, "keyproxy load benchmark,", time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintln(w, "machine:", machine())
+	fmt.Fprintf(w, "layout: proxies on CPU %s with GOMAXPROCS=1; %s, backend and redis-server on CPU %s\n", o.proxyCPUs, b.gen.name(), o.genCPUs)
+	fmt.Fprintf(w, "load: %d keys of %d users (10 per team), GET /v1/projects/42, %d keep-alive connections; per-user limit %d/min (every request decided by the limiter, none refused)\n",
+		o.keys, o.keys, o.conns, o.perUser)
+	fmt.Fprintf(w, "method: %d rounds; each round runs every target in turn; ratios are to the bare proxy of the same round, the median of rounds is reported\n", o.rounds)
+	if b.redisOff != "" {
+		fmt.Fprintln(w, "Redis mode not measured:", b.redisOff)
+	}
+	for _, t := range b.targets {
+		fmt.Fprintf(w, "  %-17s %s\n", t.name, t.desc)
+	}
+
+	fmt.Fprintf(os.Stderr, "warming up (%s per target) ...\n", o.warmup)
+	for _, t := range b.targets {
+		if _, err := b.once(ctx, b.gen, t, max(o.warmup, time.Second)); err != nil {
+			return err
+		}
+	}
+	bare := b.find("bare")
+	for r := range o.rounds {
+		fmt.Fprintf(os.Stderr, "throughput round %d/%d ...\n", r+1, o.rounds)
+		for _, t := range b.targets {
+			m, err := b.once(ctx, b.gen, t, o.duration)
+			if err != nil {
+				return err
+			}
+			t.thr = append(t.thr, m)
+		}
+		if bare != nil {
+			for _, t := range b.targets {
+				t.thr[r].ratio = t.thr[r].res.Throughput() / bare.thr[r].res.Throughput()
+			}
+		}
+	}
+	printThroughput(w, b.targets, b.gen.name(), o.duration)
+
+	if bare == nil {
+		fmt.Fprintln(w, "\n(no bare target: latency at half its peak not measured)")
+		return b.finish(w)
+	}
+	peak := median(collect(bare.thr, func(m measurement) float64 { return m.res.Throughput() }))
+	rate := peak / 2
+	lat := &goGen{conns: o.conns, rate: rate}
+	for r := range o.rounds {
+		fmt.Fprintf(os.Stderr, "latency round %d/%d at %.0f req/s ...\n", r+1, o.rounds, rate)
+		for _, t := range b.targets {
+			m, err := b.once(ctx, lat, t, o.latencyDur)
+			if err != nil {
+				return err
+			}
+			t.lat = append(t.lat, m)
+		}
+		for _, t := range b.targets {
+			t.lat[r].addP50 = t.lat[r].res.P50 - bare.lat[r].res.P50
+			t.lat[r].addP99 = t.lat[r].res.P99 - bare.lat[r].res.P99
+		}
+	}
+	printLatency(w, b.targets, rate, o.latencyDur)
+	return b.finish(w)
+}
+
+func (b *bench) finish(w io.Writer) error {
+	problems := false
+	for _, t := range b.targets {
+		for _, m := range append(slices.Clone(t.thr), t.lat...) {
+			if m.res.Non2xx > 0 || m.res.Errors > 0 {
+				fmt.Fprintf(w, "WARNING: %s had %d non-2xx responses and %d errors in a run: the figures do not measure the admitted path\n",
+					t.name, m.res.Non2xx, m.res.Errors)
+				problems = true
+				break
+			}
+		}
+		if t.adminURL != "" {
+			if s, d, err := auditLosses(t.adminURL); err == nil && s+d > 0 {
+				fmt.Fprintf(w, "note: %s spilled %.0f and dropped %.0f audit event writes (keyproxy_audit_spilled_total / _dropped_total)\n", t.name, s, d)
+			}
+		}
+	}
+	if !problems {
+		fmt.Fprintln(w, "\nevery response was 2xx; no connection errors.")
+	}
+	return nil
+}
+
+func (b *bench) find(name string) *target {
+	for _, t := range b.targets {
+		if t.name == name {
+			return t
+		}
+	}
+	return nil
+}
+
+func printThroughput(w io.Writer, ts []*target, gen string, d time.Duration) {
+	fmt.Fprintf(w, "\nthroughput (closed loop, %s, %s per run)\n", gen, d)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\treq/s\tratio to bare\trounds\tproxy CPU/req\tredis CPU/req\tlog B/req\tproxy core busy\tgen core busy\t")
+	for _, t := range ts {
+		med := func(f func(measurement) float64) float64 { return median(collect(t.thr, f)) }
+		ratios := collect(t.thr, func(m measurement) float64 { return m.ratio })
+		var rs []string
+		for _, r := range ratios {
+			rs = append(rs, fmt.Sprintf("%.3f", r))
+		}
+		redis := "-"
+		if len(t.extra) > 0 {
+			redis = fmtMicros(med(func(m measurement) float64 { return float64(m.extraCPU) }))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%s\t%s\t%.0f\t%.0f%%\t%.0f%%\t\n", t.name,
+			med(func(m measurement) float64 { return m.res.Throughput() }),
+			median(ratios), strings.Join(rs, " "),
+			fmtMicros(med(func(m measurement) float64 { return float64(m.cpuPerReq) })), redis,
+			med(func(m measurement) float64 { return m.logPerReq }),
+			100*med(func(m measurement) float64 { return m.proxyCore }),
+			100*med(func(m measurement) float64 { return m.genCore }))
+	}
+	tw.Flush()
+}
+
+func printLatency(w io.Writer, ts []*target, rate float64, d time.Duration) {
+	fmt.Fprintf(w, "\nlatency at half the bare peak: %.0f req/s (open loop, latency from each request's scheduled time, %s per run)\n", rate, d)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "target\treq/s\tp50\tp90\tp99\tadded p50\tadded p99\tadded p99 by round\t")
+	for _, t := range ts {
+		med := func(f func(measurement) float64) float64 { return median(collect(t.lat, f)) }
+		dur := func(f func(measurement) time.Duration) string {
+			return fmtDur(time.Duration(med(func(m measurement) float64 { return float64(f(m)) })))
+		}
+		var rs []string
+		for _, m := range t.lat {
+			rs = append(rs, fmtDur(m.addP99))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.name,
+			med(func(m measurement) float64 { return m.res.Throughput() }),
+			dur(func(m measurement) time.Duration { return m.res.P50 }),
+			dur(func(m measurement) time.Duration { return m.res.P90 }),
+			dur(func(m measurement) time.Duration { return m.res.P99 }),
+			dur(func(m measurement) time.Duration { return m.addP50 }),
+			dur(func(m measurement) time.Duration { return m.addP99 }),
+			strings.Join(rs, " "))
+	}
+	tw.Flush()
+}
+
+func collect(ms []measurement, f func(measurement) float64) []float64 {
+	out := make([]float64, len(ms))
+	for i, m := range ms {
+		out[i] = f(m)
+	}
+	return out
+}
+
+// median of v (the mean of the middle two for an even count); 0 if empty.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	} else {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+}
+
+func fmtMicros(ns float64) string { return fmt.Sprintf("%.1f µs", ns/1e3) }
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d >= 10*time.Millisecond || d <= -10*time.Millisecond:
+		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
+	default:
+		return fmt.Sprintf("%.0f µs", float64(d)/1e3)
+	}
+}
+
+// machine describes the CPU, core count, kernel and Go version.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	cores := 0
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		cores = len(parseProcStat(b))
+	}
+	return fmt.Sprintf("%s, %d cores, Linux %s, %s", model, cores, strings.TrimSpace(string(kernel)), runtime.Version())
+}
