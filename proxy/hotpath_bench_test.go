@@ -124,7 +124,10 @@ func (w *nopWriter) WriteHeader(int)             {}
 // server in the figure.
 func BenchmarkServeHTTP(b *testing.B) {
 	bare := &httputil.ReverseProxy{
-		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(&url.URL{Scheme: "http", Host: "backend.internal"}); pr.SetXForwarded() },
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: "backend.internal"})
+			pr.SetXForwarded()
+		},
 		Transport: stubTransport{},
 	}
 	h, key := newProductionHandler(b, stubTransport{})
