@@ -142,16 +142,27 @@ func contains(list []string, s string) bool {
 }
 
 // exposedEverywhere scrapes a single-node and a Redis instance after some
-// traffic: the metrics an operator can ever see.
+// traffic: the metrics an operator can ever see, as series names
+// (histograms' _bucket, _sum, _count included), and their label names.
 func exposedEverywhere(t *testing.T) (single, withRedis map[string]bool, labels map[string]map[string]bool) {
 	t.Helper()
+	single, withRedis, labels, _, _ = exposedFamilies(t)
+	return single, withRedis, labels
+}
+
+// exposedFamilies is exposedEverywhere plus the metric family names of
+// each mode.
+func exposedFamilies(t *testing.T) (single, withRedis map[string]bool, labels map[string]map[string]bool, singleFamilies, redisFamilies map[string]bool) {
+	t.Helper()
 	labels = map[string]map[string]bool{}
-	scrapeMode := func(env ...string) map[string]bool {
+	singleFamilies, redisFamilies = map[string]bool{}, map[string]bool{}
+	scrapeMode := func(familiesOut map[string]bool, env ...string) map[string]bool {
 		up := newUpstream(t)
 		in := startInstance(t, append(append([]string{"KEYPROXY_UPSTREAM_URL=" + up.URL}, limitedEnv...), env...)...)
 		exercise(t, in)
 		families := parseScrape(t, scrape(t, in))
 		for name, mf := range families {
+			familiesOut[name] = true
 			for _, m := range mf.GetMetric() {
 				for _, lp := range m.GetLabel() {
 					for _, n := range []string{name, name + "_bucket", name + "_sum", name + "_count"} {
@@ -165,9 +176,49 @@ func exposedEverywhere(t *testing.T) (single, withRedis map[string]bool, labels 
 		}
 		return exposedSeriesNames(families)
 	}
-	single = scrapeMode()
-	withRedis = scrapeMode("KEYPROXY_REDIS_ADDR=" + testserver.StartRedis(t).Addr)
-	return single, withRedis, labels
+	single = scrapeMode(singleFamilies)
+	withRedis = scrapeMode(redisFamilies, "KEYPROXY_REDIS_ADDR="+testserver.StartRedis(t).Addr)
+	return single, withRedis, labels, singleFamilies, redisFamilies
+}
+
+var readmeMetricRow = regexp.MustCompile("^\\| `(keyproxy_[a-z0-9_]+)` \\|.*\\| (all|Redis) \\|$")
+
+// The README's metrics reference is the operator's contract: every metric
+// keyproxy exposes is in it, with the mode that exposes it, and nothing
+// else is.
+func TestReadme_MetricsReferenceMatchesTheScrape(t *testing.T) {
+	_, _, _, single, withRedis := exposedFamilies(t)
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ops, ok := strings.Cut(string(b), "\n## Operations\n")
+	if !ok {
+		t.Fatal("README.md has no \"## Operations\" section")
+	}
+	documented := map[string]string{}
+	for _, line := range strings.Split(ops, "\n") {
+		if m := readmeMetricRow.FindStringSubmatch(line); m != nil {
+			documented[m[1]] = m[2]
+		} else if strings.HasPrefix(line, "| `keyproxy_") {
+			t.Errorf("README metrics row not in the form | `name` | … | all or Redis |: %s", line)
+		}
+	}
+	for name := range single {
+		if strings.HasPrefix(name, "keyproxy_") && documented[name] != "all" {
+			t.Errorf("%s is exposed on every node; README says %q", name, documented[name])
+		}
+	}
+	for name := range withRedis {
+		if strings.HasPrefix(name, "keyproxy_") && !single[name] && documented[name] != "Redis" {
+			t.Errorf("%s is exposed with Redis only; README says %q", name, documented[name])
+		}
+	}
+	for name, mode := range documented {
+		if (mode == "all" && !single[name]) || (mode == "Redis" && !withRedis[name]) {
+			t.Errorf("README documents %s (%s), which keyproxy does not expose", name, mode)
+		}
+	}
 }
 
 // grafanaExprs returns every PromQL expression of the dashboard, with
