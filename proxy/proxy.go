@@ -84,12 +84,14 @@ type Config struct {
 	// authenticated response.
 	RateLimitHeaders HeaderWriter
 	// InvalidKeyLimit bounds, per client address (IPv6: per /64; behind
-	// TrustedProxies: the audited client address), the keys a client may
-	// present that pass the format check and are then refused (unknown,
-	// revoked, expired, owner gone). Over it, every request from that
-	// address is refused with 429 auth_throttled before any lookup, until
-	// the budget refills: a flood of random well-formed keys does not
-	// become a flood of store queries. Zero: no limit.
+	// TrustedProxies: the audited client address), the unknown keys a
+	// client may present: keys that pass the format check and that no
+	// cache or store knows. Over it, every request from that address is
+	// refused with 429 auth_throttled before any lookup, until the budget
+	// refills: a flood of random well-formed keys does not become a flood
+	// of store queries. Revoked and expired keys do not count: the caches
+	// answer for them, and a client retrying a revoked key must not lock
+	// out its neighbours behind the same address. Zero: no limit.
 	InvalidKeyLimit ratelimit.Limit
 	// ThrottleClients bounds the addresses InvalidKeyLimit remembers;
 	// zero means DefaultThrottleClients.
@@ -262,7 +264,10 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	case err == nil:
 	case errors.Is(err, keystore.ErrNotFound):
 		e.id = keystore.Identity{}
-		return h.refusedKey(e, client)
+		if client.IsValid() {
+			h.throttle.fail(client, e.start)
+		}
+		return &h.problems.invalid
 	case ctx.Err() != nil:
 		return &h.problems.clientGone
 	default:
@@ -276,7 +281,7 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		return &h.problems.inactive
 	default:
 		e.id = keystore.Identity{} // a refused key's owner is not named
-		return h.refusedKey(e, client)
+		return &h.problems.invalid
 	}
 	e.authenticated = true
 	if h.limiter != nil {
@@ -290,16 +295,6 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	}
 	e.outcome = outcomeAllowed
 	return nil
-}
-
-// refusedKey charges a key that passed the format check and was refused to
-// the client's throttle budget. Unknown, revoked and expired keys all
-// count, so the throttle cannot tell a client which of them it sent.
-func (h *Handler) refusedKey(e *exchange, client netip.Addr) *preparedProblem {
-	if client.IsValid() {
-		h.throttle.fail(client, e.start)
-	}
-	return &h.problems.invalid
 }
 
 // throttleKey is the address the throttle counts the request against: the

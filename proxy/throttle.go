@@ -16,9 +16,9 @@ const throttleShards = 64
 // throttle remembers when Config.ThrottleClients is zero.
 const DefaultThrottleClients = 100_000
 
-// throttle limits, per client address, how many refused keys that passed
+// throttle limits, per client address, how many unknown keys that passed
 // the format check a client may present. Such a key costs a cache miss and
-// often a store query, and random well-formed keys are cheap to make (the
+// a store query, and random well-formed keys are cheap to make (the
 // checksum is not a secret), so without it a flood of them would become a
 // flood of store queries. A client over its budget is refused before any
 // lookup until the budget refills.
@@ -93,7 +93,7 @@ func (t *throttle) blocked(a netip.Addr, now time.Time) (time.Duration, bool) {
 	return time.Duration(tat - n - t.tolerance), true
 }
 
-// fail charges one refused key to a.
+// fail charges one unknown key to a.
 func (t *throttle) fail(a netip.Addr, now time.Time) {
 	n := int64(now.Sub(t.epoch))
 	s := t.shard(a)

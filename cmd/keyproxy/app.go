@@ -183,6 +183,9 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		pcfg.Limiter = a.limiter
 		pcfg.RateLimitHeaders = ratelimit.WriteHeaders
 	}
+	if err := hardenProxy(cfg, &pcfg); err != nil {
+		return nil, err
+	}
 	if a.proxy, err = proxy.New(pcfg); err != nil {
 		return nil, err
 	}
@@ -203,6 +206,9 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 	}
 	if a.auditDB != nil {
 		acfg.Audit = a.auditDB
+	}
+	if acfg.SecretScanning, err = secretScanning(cfg, a.store); err != nil {
+		return nil, err
 	}
 	if a.admin, err = admin.New(acfg); err != nil {
 		return nil, err

@@ -24,9 +24,11 @@ type Config struct {
 	Listen          string        `mapstructure:"listen"`
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
 	TrustedProxies  []string      `mapstructure:"trusted_proxies"`
+	TLS             ListenerTLS   `mapstructure:"tls"`
 	Upstream        struct {
 		URL     string        `mapstructure:"url"`
 		Timeout time.Duration `mapstructure:"timeout"`
+		CAFile  string        `mapstructure:"ca_file"`
 	} `mapstructure:"upstream"`
 	Server struct {
 		ReadHeaderTimeout time.Duration `mapstructure:"read_header_timeout"`
@@ -40,6 +42,7 @@ type Config struct {
 		Tokens       []string `mapstructure:"tokens"`
 		TokenFile    string   `mapstructure:"token_file"`
 		MaxBodyBytes int64    `mapstructure:"max_body_bytes"`
+		TLS          AdminTLS `mapstructure:"tls"`
 	} `mapstructure:"admin"`
 	Store struct {
 		Driver   string `mapstructure:"driver"`
@@ -84,7 +87,9 @@ type Config struct {
 		MaxWait   time.Duration `mapstructure:"max_wait"`
 		File      string        `mapstructure:"file"`
 	} `mapstructure:"audit"`
-	Revocation struct {
+	InvalidKeys    InvalidKeys    `mapstructure:"invalid_keys"`
+	SecretScanning SecretScanning `mapstructure:"secret_scanning"`
+	Revocation     struct {
 		AckTimeout time.Duration `mapstructure:"ack_timeout"`
 	} `mapstructure:"revocation"`
 	Log struct {
@@ -95,6 +100,7 @@ type Config struct {
 }
 
 func setDefaults(v *viper.Viper) {
+	setSecurityDefaults(v)
 	v.SetDefault("listen", ":8080")
 	v.SetDefault("shutdown_timeout", 30*time.Second)
 	v.SetDefault("trusted_proxies", []string{})
@@ -350,6 +356,7 @@ func (c *Config) Validate() []string {
 		add("headers.prefix", "must be 1-32 characters of letters, digits and '-', got %q", c.Headers.Prefix)
 	}
 	p = append(p, c.validateRateLimit()...)
+	p = append(p, c.validateSecurity()...)
 	if len(c.Audit.Sinks) == 0 {
 		add("audit.sinks", "must name at least one sink (log, store, redis): every call is audited")
 	}

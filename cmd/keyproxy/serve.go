@@ -80,6 +80,12 @@ func serve(ctx context.Context, cfg *Config, reloadCfg func() (*Config, error), 
 	proxySrv := newServer(cfg, app.proxy, logger.Named("http"))
 	adminSrv := newServer(cfg, app.admin, logger.Named("admin-http"))
 	adminSrv.WriteTimeout = 30 * time.Second
+	certs, err := configureTLS(cfg, proxySrv, adminSrv, logger.Named("tls"))
+	if err != nil {
+		ls.proxy.Close()
+		ls.admin.Close()
+		return err
+	}
 
 	errc := make(chan error, 2)
 	go func() { errc <- serveOn(proxySrv, ls.proxy) }()
@@ -98,6 +104,7 @@ loop:
 		case <-ctx.Done():
 			break loop
 		case <-hup:
+			certs.reload() // even when the new configuration is refused
 			next, err := reloadCfg()
 			if err != nil {
 				logger.Error("reload refused: configuration invalid; keeping the running one", zap.Error(err))
@@ -132,7 +139,11 @@ loop:
 }
 
 func serveOn(srv *http.Server, l net.Listener) error {
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	run := srv.Serve
+	if srv.TLSConfig != nil { // configureTLS: certificates come from GetConfigForClient
+		run = func(l net.Listener) error { return srv.ServeTLS(l, "", "") }
+	}
+	if err := run(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
