@@ -75,7 +75,35 @@ func (b *bench) measure(ctx context.Context, w io.Writer) error {
 		}
 	}
 	printLatency(w, b.targets, rate, o.latencyDur)
+	printTargets(w, b.targets)
 	return b.finish(w)
+}
+
+// printTargets checks DESIGN.md's performance targets: throughput ratios
+// of 0.90 (single node) and 0.75 (Redis), and at most 1 ms added p99 at
+// half the bare peak.
+func printTargets(w io.Writer, ts []*target) {
+	fmt.Fprintln(w, "\ntargets (DESIGN.md, \"Performance targets\")")
+	for _, t := range ts {
+		if t.name == "bare" {
+			continue
+		}
+		want := 0.90
+		if len(t.extra) > 0 {
+			want = 0.75
+		}
+		ratio := median(collect(t.thr, func(m measurement) float64 { return m.ratio }))
+		p99 := time.Duration(median(collect(t.lat, func(m measurement) float64 { return float64(m.addP99) })))
+		fmt.Fprintf(w, "  %-17s throughput %.3f of bare (target ≥ %.2f): %s; added p99 %s (target ≤ 1 ms): %s\n",
+			t.name, ratio, want, verdict(ratio >= want), fmtDur(p99), verdict(p99 <= time.Millisecond))
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
 }
 
 func (b *bench) finish(w io.Writer) error {
