@@ -54,6 +54,7 @@ type app struct {
 	limiter   limiter
 	local     *ratelimit.Local
 	stop      context.CancelFunc // ends background loops
+	reloads   *reloadMetrics
 }
 
 func policies(cfg *Config) ratelimit.Policies {
@@ -102,6 +103,9 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		return nil, err
 	}
 	reg.MustRegister(newStoreCollector(a.store, logger.Named("metrics")))
+	if a.reloads, err = newReloadMetrics(reg, time.Now()); err != nil {
+		return nil, err
+	}
 
 	tokens, tokenPath, created, err := adminTokens(cfg)
 	if err != nil {
@@ -259,6 +263,7 @@ func (a *app) buildAudit(bg context.Context, cfg *Config, logger *zap.Logger, re
 // policies. Everything else needs a restart, and the log line says so.
 func (a *app) reload(next *Config, level zap.AtomicLevel, logger *zap.Logger) {
 	reloaded := []string{}
+	whole := true
 	if l, err := zap.ParseAtomicLevel(next.Log.Level); err == nil {
 		level.SetLevel(l.Level())
 		reloaded = append(reloaded, "log.level")
@@ -266,10 +271,12 @@ func (a *app) reload(next *Config, level zap.AtomicLevel, logger *zap.Logger) {
 	if a.limiter != nil {
 		if err := a.limiter.SetPolicies(policies(next)); err != nil {
 			logger.Error("rate policies not reloaded", zap.Error(err))
+			whole = false
 		} else {
 			reloaded = append(reloaded, "ratelimit")
 		}
 	}
+	a.reloads.record(whole, time.Now())
 	logger.Info("configuration reloaded", zap.Strings("reloaded", reloaded),
 		zap.String("note", "other settings take effect after a restart"))
 }

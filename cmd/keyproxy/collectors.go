@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -97,4 +98,43 @@ func (c *storeCollector) refresh() {
 		return
 	}
 	c.active, c.counted = n, true
+}
+
+// reloadMetrics say whether the running configuration is the file's. A
+// SIGHUP whose file is refused leaves the old settings in force and only a
+// log line says so; keyproxy_config_last_reload_successful 0 lets an alert
+// catch it, as Prometheus and Alertmanager do for their own files.
+type reloadMetrics struct {
+	ok, at prometheus.Gauge
+}
+
+func newReloadMetrics(reg prometheus.Registerer, now time.Time) (*reloadMetrics, error) {
+	m := &reloadMetrics{
+		ok: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyproxy_config_last_reload_successful",
+			Help: "1 if the last configuration load (start or SIGHUP) was applied whole, 0 if it was refused or applied in part.",
+		}),
+		at: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyproxy_config_last_reload_success_timestamp_seconds",
+			Help: "Unix time of the last configuration load (start or SIGHUP) applied whole.",
+		}),
+	}
+	m.record(true, now) // the configuration the process started with
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.ok, m.at} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("registering reload metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *reloadMetrics) record(ok bool, now time.Time) {
+	if !ok {
+		m.ok.Set(0)
+		return
+	}
+	m.ok.Set(1)
+	m.at.Set(float64(now.UnixNano()) / 1e9)
 }

@@ -154,3 +154,37 @@ keyproxy_build_info{revision="` + rev + `",version="` + ver + `"} 1
 		t.Error(err)
 	}
 }
+
+func TestReloadMetrics_RefusedReloadIsZeroAndKeepsTheLastSuccessTime(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	start := time.Unix(1_800_000_000, 0)
+	m, err := newReloadMetrics(reg, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const help = `
+# HELP keyproxy_config_last_reload_success_timestamp_seconds Unix time of the last configuration load (start or SIGHUP) applied whole.
+# TYPE keyproxy_config_last_reload_success_timestamp_seconds gauge
+# HELP keyproxy_config_last_reload_successful 1 if the last configuration load (start or SIGHUP) was applied whole, 0 if it was refused or applied in part.
+# TYPE keyproxy_config_last_reload_successful gauge
+`
+	steps := []struct {
+		name    string
+		apply   func()
+		ok, end string
+	}{
+		{"at start", func() {}, "1", "1.8e+09"},
+		{"refused SIGHUP", func() { m.record(false, start.Add(time.Minute)) }, "0", "1.8e+09"},
+		{"good SIGHUP", func() { m.record(true, start.Add(2*time.Minute)) }, "1", "1.80000012e+09"},
+	}
+	for _, s := range steps {
+		s.apply()
+		want := help + "keyproxy_config_last_reload_success_timestamp_seconds " + s.end + "\nkeyproxy_config_last_reload_successful " + s.ok + "\n"
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+			t.Errorf("%s: %v", s.name, err)
+		}
+	}
+	if _, err := newReloadMetrics(reg, start); err == nil {
+		t.Error("registering twice on one registry succeeded")
+	}
+}

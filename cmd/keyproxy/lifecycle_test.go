@@ -179,6 +179,22 @@ func (p *process) call(t *testing.T, key string) *http.Response {
 	return resp
 }
 
+// gauge returns the value of an unlabelled series from /metrics.
+func (p *process) gauge(t *testing.T, name string) string {
+	t.Helper()
+	resp, body := do(t, mustRequest(t, http.MethodGet, "http://"+p.adminAddr+"/metrics"))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d", resp.StatusCode)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("/metrics has no %s", name)
+	return ""
+}
+
 const lifecycleToken = "lifecycle-admin-token-0123456789"
 
 func TestBinary_Signals(t *testing.T) {
@@ -352,6 +368,9 @@ func testSIGHUPReloads(t *testing.T, bin string) {
 	if got := policy(); got != `"user";q=120;w=60` {
 		t.Errorf("RateLimit-Policy after reload: %q", got)
 	}
+	if got := p.gauge(t, "keyproxy_config_last_reload_successful"); got != "1" {
+		t.Errorf("keyproxy_config_last_reload_successful after a good reload: %s", got)
+	}
 	eventually(t, 2*time.Second, func() error {
 		if !probeLogged() {
 			return fmt.Errorf("log.level debug not in force after the reload")
@@ -370,6 +389,9 @@ func testSIGHUPReloads(t *testing.T, bin string) {
 	}
 	if got := policy(); got != `"user";q=120;w=60` {
 		t.Errorf("RateLimit-Policy after a refused reload: %q", got)
+	}
+	if got := p.gauge(t, "keyproxy_config_last_reload_successful"); got != "0" {
+		t.Errorf("keyproxy_config_last_reload_successful after a refused reload: %s", got)
 	}
 
 	p.signal(t, syscall.SIGINT)

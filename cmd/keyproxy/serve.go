@@ -108,6 +108,7 @@ loop:
 			next, err := reloadCfg()
 			if err != nil {
 				logger.Error("reload refused: configuration invalid; keeping the running one", zap.Error(err))
+				app.reloads.record(false, time.Now())
 				continue
 			}
 			app.reload(next, level, logger)
