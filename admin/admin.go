@@ -280,6 +280,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case admin && !h.authenticate(sw, r):
 	case admin && !x.setActor(r.Header.Values("X-Actor-Id")):
 		fail(sw, r, badRequest("X-Actor-Id must be one value of at most 128 printable characters"))
+	case r.ContentLength > limit:
+		// Refused before reading: a client announcing more than we accept
+		// must not hold the connection while it sends (or never sends) it.
+		fail(sw, r, errTooLarge)
 	default:
 		h.mux.ServeHTTP(sw, r)
 	}

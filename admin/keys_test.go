@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -329,3 +330,28 @@ func TestGetKey_ShapeAndNotFound(t *testing.T) {
 		wantProblem(t, e.do("GET", "/admin/v1/keys/"+id, ""), 404, "not_found")
 	}
 }
+
+// A body announced larger than the limit is refused at once, before a byte
+// of it is read: the client may never send it.
+func TestCreateKey_AnnouncedOversizedBodyRefusedUnread(t *testing.T) {
+	e := newEnv(t)
+	r := httptest.NewRequest("POST", "/admin/v1/keys", neverReader{})
+	r.ContentLength = 1 << 30
+	r.Header.Set("Authorization", "Bearer "+testToken)
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	wantProblem(t, w, http.StatusRequestEntityTooLarge, "request_too_large")
+	// Without the token it is still a 401 first: nothing about the
+	// admin API is told to an unauthenticated caller.
+	r.Header.Del("Authorization")
+	w = httptest.NewRecorder()
+	e.h.ServeHTTP(w, r)
+	wantProblem(t, w, http.StatusUnauthorized, "unauthorized")
+}
+
+// neverReader stands for a body that never arrives: reading it fails, so a
+// handler that reads it answers 400, not 413.
+type neverReader struct{}
+
+func (neverReader) Read([]byte) (int, error) { return 0, errors.New("the body was read") }

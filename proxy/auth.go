@@ -83,6 +83,7 @@ const (
 	outcomeUnavailable
 	outcomeThrottled
 	outcomeMethodRefused
+	outcomeBadBody
 	numOutcomes
 )
 
@@ -90,6 +91,7 @@ const (
 const (
 	OutcomeThrottled     = "auth_throttled"
 	OutcomeMethodRefused = "method_not_allowed"
+	OutcomeBadBody       = "invalid_request_body"
 )
 
 var outcomeNames = [numOutcomes]string{
@@ -102,6 +104,7 @@ var outcomeNames = [numOutcomes]string{
 	outcomeUnavailable:   audit.OutcomeUnavailable,
 	outcomeThrottled:     OutcomeThrottled,
 	outcomeMethodRefused: OutcomeMethodRefused,
+	outcomeBadBody:       OutcomeBadBody,
 }
 
 func (o outcome) String() string { return outcomeNames[o] }

@@ -26,6 +26,9 @@ const (
 	CodeAuthThrottled = "auth_throttled"
 	// CodeMethodNotAllowed: CONNECT and TRACE are never forwarded.
 	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeInvalidRequestBody: the client's body could not be read (a
+	// malformed chunk, or the client stopped sending) while forwarding it.
+	CodeInvalidRequestBody = "invalid_request_body"
 )
 
 // preparedProblem is a problem rendered at start-up up to its request_id,
@@ -39,7 +42,7 @@ type preparedProblem struct {
 }
 
 type problems struct {
-	missing, invalid, inactive, rateLimited, unavailable, badGateway, timeout, throttled, method preparedProblem
+	missing, invalid, inactive, rateLimited, unavailable, badGateway, timeout, throttled, method, badBody preparedProblem
 	// clientGone has no body: the client left, nothing is written.
 	clientGone                              preparedProblem
 	contentType, noStore, nosniff, retryOne []string
@@ -73,7 +76,9 @@ func newProblems() problems {
 			"The backend did not answer in time.", ""),
 		throttled: prep(outcomeThrottled, http.StatusTooManyRequests, CodeAuthThrottled, "Too many invalid API keys",
 			"Too many invalid API keys came from this address; retry after the number of seconds in Retry-After.", ""),
-		method:      methodProblem(prep),
+		method: methodProblem(prep),
+		badBody: prep(outcomeBadBody, http.StatusBadRequest, CodeInvalidRequestBody, "Invalid request body",
+			"The request body could not be read; check its framing (Content-Length or chunked encoding).", ""),
 		clientGone:  preparedProblem{outcome: outcomeUnavailable, status: statusClientClosed},
 		contentType: []string{"application/problem+json"},
 		noStore:     []string{"no-store"},
@@ -149,7 +154,8 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 
 // upstreamError is the ReverseProxy's ErrorHandler: the one place upstream
 // failures become responses. A client that went away gets nothing (logged
-// as 499); a timeout is 504; anything else is 502.
+// as 499); a client whose body could not be read gets 400; a timeout is
+// 504; anything else is 502.
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	e := exchangeFrom(r.Context())
 	if e == nil {
@@ -162,7 +168,13 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		return
 	}
 	p := &h.problems.badGateway
-	if isTimeout(err) {
+	switch {
+	case e.bodyFailed.Load():
+		// The client's body broke, not the backend: say so, and keep
+		// the backend's error rate clean of it.
+		h.refuse(w, e, &h.problems.badBody)
+		return
+	case isTimeout(err):
 		p = &h.problems.timeout
 	}
 	h.log.Warn("upstream request failed",

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -59,7 +61,29 @@ type exchange struct {
 	outcome outcome
 	status  int
 	hv      [hvLen]string
+
+	// body wraps the request body so a read error (a malformed chunk, a
+	// client that stops mid-body) is known to be the client's, not the
+	// backend's, when the round trip fails.
+	body       bodyReader
+	bodyFailed atomic.Bool // set by the transport's writer goroutine
 }
+
+// bodyReader notes an error reading the client's body.
+type bodyReader struct {
+	rc io.ReadCloser
+	e  *exchange
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.e.bodyFailed.Store(true)
+	}
+	return n, err
+}
+
+func (b *bodyReader) Close() error { return b.rc.Close() }
 
 type exchangeKey struct{}
 

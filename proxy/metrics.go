@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		{outcomeMissingKey, 401}, {outcomeInvalidKey, 401}, {outcomeInactiveTeam, 403},
 		{outcomeRateLimited, 429}, {outcomeUnavailable, 503},
 		{outcomeUpstreamError, 502}, {outcomeUpstreamError, 504},
-		{outcomeThrottled, 429}, {outcomeMethodRefused, 405},
+		{outcomeThrottled, 429}, {outcomeMethodRefused, 405}, {outcomeBadBody, 400},
 	} {
 		m.counter(c.o, c.code)
 	}

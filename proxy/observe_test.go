@@ -109,6 +109,7 @@ func TestMetrics(t *testing.T) {
 # HELP keyproxy_http_requests_total Data-plane requests by response status code and outcome.
 # TYPE keyproxy_http_requests_total counter
 keyproxy_http_requests_total{code="200",outcome="allowed"} 1
+keyproxy_http_requests_total{code="400",outcome="invalid_request_body"} 0
 keyproxy_http_requests_total{code="401",outcome="invalid_key"} 1
 keyproxy_http_requests_total{code="401",outcome="missing_key"} 1
 keyproxy_http_requests_total{code="403",outcome="subscription_inactive"} 0

@@ -224,6 +224,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, e, p)
 		return
 	}
+	if r.Body != nil && r.Body != http.NoBody {
+		e.body = bodyReader{rc: r.Body, e: e}
+		r.Body = &e.body
+	}
 	e.upstreamStart = time.Now()
 	h.rp.ServeHTTP(w, r.WithContext(e))
 }

@@ -268,3 +268,31 @@ func TestNewRejectsHalfAnInvalidKeyLimit(t *testing.T) {
 		t.Error("InvalidKeyLimit without per and burst accepted")
 	}
 }
+
+// A body the client cannot frame is the client's error (400), not the
+// backend's (502).
+func TestBrokenRequestBodyIsTheClientsError(t *testing.T) {
+	e := newEnv(t)
+	for _, body := range []string{"10000000000000000\r\nx\r\n0\r\n\r\n", "5\r\nabcdeXY0\r\n\r\n", "zz\r\n"} {
+		req := "POST /v1/things HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer " + e.validKey +
+			"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + body
+		c, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, req)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		c.Close()
+		checkProblem(t, res, string(b), http.StatusBadRequest, proxy.CodeInvalidRequestBody)
+	}
+	for _, ev := range e.rec.wait(t, 3) {
+		if ev.Outcome != proxy.OutcomeBadBody || ev.Status != 400 {
+			t.Errorf("audit event %+v", ev)
+		}
+	}
+}
