@@ -138,9 +138,10 @@ type worker struct {
 
 func (w *worker) run(ctx context.Context, o *Options, c int, start, end time.Time, seq *atomic.Int64) {
 	var (
-		conn *conn
-		err  error
-		next = c // index into o.Requests
+		conn  *conn
+		err   error
+		next  = c // index into o.Requests
+		timer *time.Timer
 	)
 	defer func() {
 		if conn != nil {
@@ -162,11 +163,15 @@ func (w *worker) run(ctx context.Context, o *Options, c int, start, end time.Tim
 				return
 			}
 			if d := time.Until(due); d > 0 {
-				t := time.NewTimer(d)
+				if timer == nil {
+					timer = time.NewTimer(d)
+				} else {
+					timer.Reset(d)
+				}
 				select {
-				case <-t.C:
+				case <-timer.C:
 				case <-ctx.Done():
-					t.Stop()
+					timer.Stop()
 					return
 				}
 			}

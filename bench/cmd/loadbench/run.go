@@ -51,16 +51,18 @@ type target struct {
 }
 
 type measurement struct {
-	res        loadgen.Result
-	cpuPerReq  time.Duration // the proxy process's CPU per response
-	extraCPU   time.Duration // the extra processes' CPU per response
-	proxyCore  float64       // busy share of the proxy's core
-	genCore    float64       // busy share of the generator's core
-	logPerReq  float64       // bytes the proxy logged per response
-	ratio      float64       // throughput ÷ bare's in the same round
-	addP50     time.Duration // latency run: p50 − bare's p50 in the same round
-	addP99     time.Duration
-	bareFailed bool
+	res       loadgen.Result
+	cpuPerReq time.Duration // the proxy process's CPU per response
+	extraCPU  time.Duration // the extra processes' CPU per response
+	proxyCore float64       // busy share of the proxy's core
+	genCore   float64       // busy share of the generator's core
+	logPerReq float64       // bytes the proxy logged per response
+	ratio     float64       // throughput ÷ bare's in the same round
+	addP50    time.Duration // latency run: p50 − bare's p50 in the same round
+	addP99    time.Duration
+	// held: the latency run kept its rate, so its latencies mean something;
+	// added: this and bare's run of the round both held it.
+	held, added bool
 }
 
 func runCmd(args []string) error {
