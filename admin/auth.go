@@ -110,9 +110,10 @@ func (x *exchange) setActor(values []string) bool {
 }
 
 // requestID keeps a well-formed client X-Request-Id (1-128 characters of
-// [A-Za-z0-9._:-]) so a trace spans systems, and otherwise makes one.
-func requestID(v string) string {
-	if len(v) == 0 || len(v) > maxRequestID {
+// [A-Za-z0-9._:-]) so a trace spans systems, and otherwise makes one. An id
+// holding the key prefix is replaced: the id is logged and audited.
+func requestID(v, keyPrefix string) string {
+	if len(v) == 0 || len(v) > maxRequestID || strings.Contains(v, keyPrefix) {
 		return rand.Text()
 	}
 	for i := 0; i < len(v); i++ {

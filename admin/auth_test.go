@@ -174,6 +174,7 @@ func TestRequestID_KeptWhenWellFormedElseGenerated(t *testing.T) {
 		{"space", "req 1", false},
 		{"too long", strings.Repeat("a", 129), false},
 		{"quote", `req"1`, false},
+		{"holding a key", "wev_1tPF0OGNvYw9lzZkYqNdWTDNl4ikTjMo1K7kXm", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

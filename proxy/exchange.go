@@ -116,7 +116,7 @@ func (h *Handler) finish(e *exchange) {
 				zap.String("request_id", e.requestID),
 				zap.String("key_id", e.id.KeyID),
 				zap.String("method", e.req.Method),
-				zap.String("path", e.req.URL.Path),
+				zap.String("path", redactKeys(e.req.URL.Path, h.format.Prefix())),
 				zap.Int("status", e.status),
 				zap.Duration("duration", d),
 				zap.String("outcome", e.outcome.String()),
@@ -130,17 +130,18 @@ func (h *Handler) finish(e *exchange) {
 
 // event builds the audit event: api.request with the identity once the key
 // resolved to someone, auth.failed with only the key's display start
-// otherwise. Never the key.
+// otherwise. Never the key, not even one the client put in its path or
+// user agent.
 func (h *Handler) event(e *exchange, d time.Duration) audit.Event {
 	ev := audit.Event{
 		Time:       e.now.UTC(),
 		RequestID:  e.requestID,
 		Method:     e.req.Method,
-		Path:       e.req.URL.Path,
+		Path:       redactKeys(e.req.URL.Path, h.format.Prefix()),
 		Status:     e.status,
 		DurationMS: float64(d) / float64(time.Millisecond),
 		ClientIP:   h.clientIP(e),
-		UserAgent:  truncateUTF8(e.req.UserAgent(), maxUserAgent),
+		UserAgent:  truncateUTF8(redactKeys(e.req.UserAgent(), h.format.Prefix()), maxUserAgent),
 		Outcome:    e.outcome.String(),
 	}
 	if e.authenticated {

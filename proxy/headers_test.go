@@ -117,6 +117,7 @@ func TestRequestID(t *testing.T) {
 		{name: "a space is replaced", sent: []string{"a b"}},
 		{name: "markup is replaced", sent: []string{"<script>"}},
 		{name: "a quote is replaced", sent: []string{`a"b`}},
+		{name: "an id holding a key is replaced", sent: []string{"wev_1tPF0OGNvYw9lzZkYqNdWTDNl4ikTjMo1K7kXm"}},
 		{name: "two lines are replaced", sent: []string{"one", "two"}},
 	}
 	for _, tt := range tests {

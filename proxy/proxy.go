@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -322,7 +323,9 @@ func (h *Handler) begin(r *http.Request) *exchange {
 	if !h.realClock {
 		e.now = h.now()
 	}
-	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) {
+	// A client's id is kept for tracing, unless it holds what looks like a
+	// key: the id goes into every log line and audit event.
+	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) && !strings.Contains(v[0], h.format.Prefix()) {
 		e.requestID = v[0]
 	} else {
 		e.requestID = h.ids.next()

@@ -76,3 +76,53 @@ func FuzzRequestID(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactKeys(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"/v1/things", "/v1/things"},
+		{"/v1/wev_", "/v1/wev_"},
+		{"/v1/wev_7Hk2", "/v1/wev_7Hk2"},
+		{"/v1/wev_1234567", "/v1/wev_1234567"},
+		{"/v1/wev_12345678", "/v1/[redacted]"},
+		{"/v1/wev_1tPF0OGNvYw9lzZkYqNdWTDNl4ikTjMo1K7kXm/x", "/v1/[redacted]/x"},
+		{"/a/wev_1tPF0OGNvYw9lzZk/b/wev_abcdefghij", "/a/[redacted]/b/[redacted]"},
+		{"curl/8 (key wev_1tPF0OGNvYw9lzZkYqNdWTDNl4ikTjMo1K7kXm)", "curl/8 (key [redacted])"},
+		{"wev_wev_1tPF0OGNvYw9lzZk", "wev_[redacted]"},
+	}
+	for _, tt := range tests {
+		if got := redactKeys(tt.in, "wev_"); got != tt.want {
+			t.Errorf("redactKeys(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = redactKeys("/v1/projects/42/tasks", "wev_") }); n != 0 {
+		t.Errorf("a path without the prefix costs %v allocations", n)
+	}
+}
+
+// FuzzRedactKeys: no run of the prefix and redactMin base62 characters
+// survives, and text without the prefix is untouched.
+func FuzzRedactKeys(f *testing.F) {
+	for _, s := range []string{"/v1/wev_1tPF0OGNvYw9lzZkYqNdWTDNl4ikTjMo1K7kXm", "wev_wev_wev_12345678", "/plain", "wev_", "éwev_abcdefgh\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := redactKeys(s, "wev_")
+		if !strings.Contains(s, "wev_") && got != s {
+			t.Fatalf("%q changed to %q", s, got)
+		}
+		for i := strings.Index(got, "wev_"); i >= 0; {
+			j := i + 4
+			for j < len(got) && isBase62(got[j]) {
+				j++
+			}
+			if j-i-4 >= redactMin {
+				t.Fatalf("%q kept %q", s, got[i:j])
+			}
+			next := strings.Index(got[i+4:], "wev_")
+			if next < 0 {
+				break
+			}
+			i += 4 + next
+		}
+	})
+}

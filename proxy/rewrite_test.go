@@ -165,3 +165,33 @@ func FuzzRewriteHeaders(f *testing.F) {
 		}
 	})
 }
+
+// FuzzKeyAdmission: whatever follows "Bearer ", only the one issued key
+// (after the spaces that separate it from the scheme) is admitted;
+// everything else is refused with 401 and a body that does not echo it.
+func FuzzKeyAdmission(f *testing.F) {
+	rt := &captureTransport{}
+	h, key := newTestHandler(f, rt)
+	for _, s := range []string{key, key[:len(key)-1], key + "A", "wev_", "wev_" + strings.Repeat("0", 38), "WEV_" + key[4:],
+		key[:10] + "\x00" + key[11:], key[:10] + "é" + key[12:], "", " " + key, key + " x", strings.Repeat("A", 2048)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, token string) {
+		r := httptest.NewRequest("GET", "http://proxy.example/v1/x", nil)
+		r.Header["Authorization"] = []string{"Bearer " + token}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		switch {
+		case strings.TrimLeft(token, " ") == key:
+			if w.Code != 200 {
+				t.Fatalf("the issued key was refused: %d", w.Code)
+			}
+		case w.Code == 200:
+			t.Fatalf("%q admitted", token)
+		case w.Code != 401:
+			t.Fatalf("%q: status %d", token, w.Code)
+		case len(token) >= 8 && strings.Contains(w.Body.String(), token):
+			t.Fatalf("the problem echoes %q", token)
+		}
+	})
+}

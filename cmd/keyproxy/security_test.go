@@ -847,3 +847,54 @@ func (s *suite) formatForTest(t *testing.T) keystore.Format {
 	}
 	return f
 }
+
+// Wherever a client puts a key — path, query, user agent, cookie, another
+// header, a near miss — neither the log (access lines and the log audit
+// sink) nor the stored audit trail holds it.
+func TestAdversarial_KeysNeverReachLogsOrAudit(t *testing.T) {
+	s := newSuite(t)
+	k := s.key
+	near := k[:len(k)-1] + flipChar(k[len(k)-1])
+	for _, hdr := range [][]string{
+		{"Authorization", "Bearer " + k},
+		{"Authorization", "Bearer " + near},
+		{"Authorization", "Bearer " + k + " " + k},
+		{"Authorization", "Basic " + k},
+		{"User-Agent", "script/1.0 key=" + k, "Authorization", "Bearer " + k},
+		{"User-Agent", "script/1.0 key=" + k},
+		{"Cookie", "api_key=" + k, "X-Api-Key", k, "Referer", "https://x/?api_key=" + k, "X-Request-Id", k},
+	} {
+		for _, path := range []string{"/x", "/x/" + k, "/x?api_key=" + k, "/x/" + near + "/y"} {
+			s.get(t, path, hdr...)
+		}
+	}
+	// Admin side: a key pasted into admin paths and the actor header.
+	for _, path := range []string{"/admin/v1/keys/" + k, "/admin/v1/audit?key_id=" + k} {
+		req, _ := http.NewRequest("GET", s.adminURL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+s.token)
+		do(t, req)
+	}
+	_, body := s.admin(t, http.MethodGet, "/admin/v1/audit?limit=1000", nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(string(body), `"type":"`) < 28 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		_, body = s.admin(t, http.MethodGet, "/admin/v1/audit?limit=1000", nil)
+	}
+	for _, secret := range []string{k, near, k[4:], near[4:]} {
+		if strings.Contains(string(body), secret) {
+			t.Errorf("the stored audit trail holds a key: %.300s", body)
+		}
+	}
+	if err := s.stop(); err != nil { // drains the audit log sink
+		t.Fatal(err)
+	}
+	logs := s.logs.String()
+	for _, secret := range []string{k, near, k[4:], near[4:], s.token} {
+		if i := strings.Index(logs, secret); i >= 0 {
+			t.Errorf("the log holds a secret: …%s…", logs[max(0, i-200):min(len(logs), i+60)])
+		}
+	}
+	if !strings.Contains(logs, "[redacted]") {
+		t.Error("no path was redacted: the test sent none with a key?")
+	}
+}
