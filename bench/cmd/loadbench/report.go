@@ -48,6 +48,9 @@ func (b *bench) measure(ctx context.Context, w io.Writer) error {
 		if bare != nil {
 			for _, t := range b.targets {
 				t.thr[r].ratio = t.thr[r].res.Throughput() / bare.thr[r].res.Throughput()
+				if t.thr[r].cpuPerReq > 0 {
+					t.thr[r].cpuRatio = float64(bare.thr[r].cpuPerReq) / float64(t.thr[r].cpuPerReq)
+				}
 			}
 		}
 	}
@@ -173,7 +176,7 @@ func (b *bench) find(name string) *target {
 func printThroughput(w io.Writer, ts []*target, gen string, d time.Duration) {
 	fmt.Fprintf(w, "\nthroughput (closed loop, %s, %s per run)\n", gen, d)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "target\treq/s\tratio to bare\trounds\tproxy CPU/req\tredis CPU/req\tlog B/req\tproxy core busy\tgen core busy\t")
+	fmt.Fprintln(tw, "target\treq/s\tratio to bare\trounds\tproxy CPU/req\tCPU ratio\tredis CPU/req\tlog B/req\tproxy core busy\tgen core busy\t")
 	for _, t := range ts {
 		med := func(f func(measurement) float64) float64 { return median(collect(t.thr, f)) }
 		ratios := collect(t.thr, func(m measurement) float64 { return m.ratio })
@@ -185,15 +188,17 @@ func printThroughput(w io.Writer, ts []*target, gen string, d time.Duration) {
 		if len(t.extra) > 0 {
 			redis = fmtMicros(med(func(m measurement) float64 { return float64(m.extraCPU) }))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%s\t%s\t%.0f\t%.0f%%\t%.0f%%\t\n", t.name,
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%s\t%.3f\t%s\t%.0f\t%.0f%%\t%.0f%%\t\n", t.name,
 			med(func(m measurement) float64 { return m.res.Throughput() }),
 			median(ratios), strings.Join(rs, " "),
-			fmtMicros(med(func(m measurement) float64 { return float64(m.cpuPerReq) })), redis,
+			fmtMicros(med(func(m measurement) float64 { return float64(m.cpuPerReq) })),
+			med(func(m measurement) float64 { return m.cpuRatio }), redis,
 			med(func(m measurement) float64 { return m.logPerReq }),
 			100*med(func(m measurement) float64 { return m.proxyCore }),
 			100*med(func(m measurement) float64 { return m.genCore }))
 	}
 	tw.Flush()
+	fmt.Fprintln(w, "(CPU ratio: bare's CPU per response ÷ the target's, in the same round: the throughput ratio on a dedicated core, and steadier than req/s when other work shares the machine)")
 }
 
 func printLatency(w io.Writer, ts []*target, rate float64, d time.Duration) {

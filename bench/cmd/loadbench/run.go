@@ -58,6 +58,7 @@ type measurement struct {
 	genCore   float64       // busy share of the generator's core
 	logPerReq float64       // bytes the proxy logged per response
 	ratio     float64       // throughput ÷ bare's in the same round
+	cpuRatio  float64       // bare's CPU per response ÷ this one's, same round
 	addP50    time.Duration // latency run: p50 − bare's p50 in the same round
 	addP99    time.Duration
 	// held: the latency run kept its rate, so its latencies mean something;
