@@ -106,19 +106,28 @@ func (t *throttle) fail(a netip.Addr, now time.Time) {
 	s.tat[a] = max(tat, n) + t.interval
 }
 
-// sweep makes room: entries whose budget has refilled carry no state, so
-// they go first; if none has, an arbitrary one goes (map order is random,
-// so a client cannot choose whose record is dropped).
+// sweepScan bounds the entries one sweep looks at, so a flood of new
+// addresses costs each insert a constant amount of work.
+const sweepScan = 64
+
+// sweep makes room: among up to sweepScan entries (map order is random, so
+// a client cannot choose which), those whose budget has refilled go, since
+// they carry no state; if that freed nothing, the first one looked at goes.
 func (s *throttleShard) sweep(now int64, limit int) {
+	var first netip.Addr
+	seen := 0
 	for a, tat := range s.tat {
+		if seen == 0 {
+			first = a
+		}
 		if tat <= now {
 			delete(s.tat, a)
 		}
-	}
-	for a := range s.tat {
-		if len(s.tat) < limit {
-			return
+		if seen++; seen == sweepScan {
+			break
 		}
-		delete(s.tat, a)
+	}
+	if len(s.tat) >= limit {
+		delete(s.tat, first)
 	}
 }
