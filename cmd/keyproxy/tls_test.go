@@ -11,6 +11,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
+	"log"
 	"math/big"
 	"net"
 	"net/http"
@@ -344,9 +346,11 @@ func TestTLS_AdminListenerRequiresClientCertificate(t *testing.T) {
 }
 
 func TestTLS_UpstreamTrustsOnlyTheConfiguredCA(t *testing.T) {
-	be := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	be := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"ok":true}`))
 	}))
+	be.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes are the point
+	be.StartTLS()
 	t.Cleanup(be.Close)
 	dir := t.TempDir()
 	beCA := write(t, filepath.Join(dir, "backend-ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: be.Certificate().Raw}))
