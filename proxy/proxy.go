@@ -234,8 +234,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // admit decides whether the request goes upstream; it returns the problem
-// that refuses it, or nil. The order is fixed: parse (no I/O) → resolve →
-// check → limit, and the first refusal ends it.
+// that refuses it, or nil. The order is fixed: method → parse (no I/O) →
+// the address's invalid-key budget → resolve → check → limit, and the first
+// refusal ends it.
 func (h *Handler) admit(e *exchange) *preparedProblem {
 	// CONNECT would open a tunnel past every later check, and TRACE echoes
 	// the request back with the identity headers we add.
