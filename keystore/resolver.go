@@ -162,6 +162,18 @@ func (r *Resolver) Resolve(ctx context.Context, h Hash) (Identity, error) {
 	return r.fill(ctx, h, gen)
 }
 
+// Cached returns the identity of h if this replica holds it now, without
+// any I/O. The data plane uses it to keep serving known keys to an address
+// that a flood of unknown keys got throttled (a NAT or load balancer shared
+// with the flooder).
+func (r *Resolver) Cached(h Hash) (Identity, bool) {
+	if e, ok := r.pos.GetIfPresent(h); ok && e.gen == r.gens[stripe(h)].Load() {
+		r.hits.Inc()
+		return e.id, true
+	}
+	return Identity{}, false
+}
+
 // fill reads through the backend, one read per hash however many callers
 // miss at once. A waiter accepts the shared result only if no invalidation
 // of the stripe happened since that read began: a caller that arrived after

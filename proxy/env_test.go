@@ -37,6 +37,16 @@ func (c *countingResolver) Resolve(ctx context.Context, h keystore.Hash) (keysto
 	return c.Resolver.Resolve(ctx, h)
 }
 
+// Cached passes the in-process lookup through (not counted: no I/O).
+func (c *countingResolver) Cached(h keystore.Hash) (keystore.Identity, bool) {
+	if r, ok := c.Resolver.(interface {
+		Cached(keystore.Hash) (keystore.Identity, bool)
+	}); ok {
+		return r.Cached(h)
+	}
+	return keystore.Identity{}, false
+}
+
 // errResolver fails every lookup with err: for resolver errors the real
 // store does not produce.
 type errResolver struct{ err error }

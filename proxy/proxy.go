@@ -256,16 +256,23 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		return &h.problems.invalid
 	}
 	var client netip.Addr
+	var cached bool
 	if h.throttle != nil {
 		if client = h.throttleKey(e); client.IsValid() {
 			if wait, blocked := h.throttle.blocked(client, e.start); blocked {
-				e.throttleWait = wait
-				return &h.problems.throttled
+				// Keys this replica already knows cost no lookup: other
+				// clients behind the flooder's address keep working.
+				if e.id, cached = h.cachedIdentity(parsed.Hash); !cached {
+					e.throttleWait = wait
+					return &h.problems.throttled
+				}
 			}
 		}
 	}
 	ctx := e.req.Context()
-	e.id, err = h.resolver.Resolve(ctx, parsed.Hash)
+	if !cached {
+		e.id, err = h.resolver.Resolve(ctx, parsed.Hash)
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, keystore.ErrNotFound):
@@ -301,6 +308,19 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	}
 	e.outcome = outcomeAllowed
 	return nil
+}
+
+// cachedLookup is what a resolver with an in-process cache offers: a
+// lookup without I/O (keystore.Resolver has it).
+type cachedLookup interface {
+	Cached(h keystore.Hash) (keystore.Identity, bool)
+}
+
+func (h *Handler) cachedIdentity(hash keystore.Hash) (keystore.Identity, bool) {
+	if c, ok := h.resolver.(cachedLookup); ok {
+		return c.Cached(hash)
+	}
+	return keystore.Identity{}, false
 }
 
 // throttleKey is the address the throttle counts the request against: the
