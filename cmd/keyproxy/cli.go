@@ -16,6 +16,7 @@ import (
 type clientFlags struct {
 	adminURL  string
 	tokenFile string
+	tls       clientTLS
 	actor     string
 	json      bool
 	environ   map[string]string
@@ -28,12 +29,15 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 	}
 	cmd.PersistentFlags().StringVar(&f.adminURL, "admin-url", def, "admin API base URL (env KEYPROXY_ADMIN_URL)")
 	cmd.PersistentFlags().StringVar(&f.tokenFile, "token-file", "", "file holding the admin token (default: env KEYPROXY_ADMIN_TOKEN)")
+	cmd.PersistentFlags().StringVar(&f.tls.caFile, "ca-file", "", "CA bundle to verify an https admin URL (default: the system's)")
+	cmd.PersistentFlags().StringVar(&f.tls.certFile, "cert-file", "", "client certificate, when the admin listener requires one")
+	cmd.PersistentFlags().StringVar(&f.tls.keyFile, "key-file", "", "client certificate's private key")
 	cmd.PersistentFlags().StringVar(&f.actor, "actor", "", "who is acting, recorded in the audit event (X-Actor-Id)")
 	cmd.PersistentFlags().BoolVar(&f.json, "json", false, "print JSON instead of a table")
 }
 
 func (f *clientFlags) client() (*adminClient, error) {
-	return newAdminClient(f.adminURL, f.environ["KEYPROXY_ADMIN_TOKEN"], f.tokenFile, f.actor)
+	return newAdminClient(f.adminURL, f.environ["KEYPROXY_ADMIN_TOKEN"], f.tokenFile, f.actor, f.tls)
 }
 
 // keyView is a key as the admin API returns it.

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +24,40 @@ type adminClient struct {
 	http  *http.Client
 }
 
-func newAdminClient(base, token, tokenFile, actor string) (*adminClient, error) {
+// clientTLS are the CLI's options for an admin listener served over TLS,
+// possibly one that asks for a client certificate (admin.tls.client_ca_file).
+type clientTLS struct{ caFile, certFile, keyFile string }
+
+func (o clientTLS) config() (*tls.Config, error) {
+	if o.caFile == "" && o.certFile == "" && o.keyFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.caFile != "" {
+		pem, err := os.ReadFile(o.caFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--ca-file: %w", err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usageError{fmt.Errorf("--ca-file %s holds no PEM certificate", o.caFile)}
+		}
+		cfg.RootCAs = pool
+	}
+	if (o.certFile == "") != (o.keyFile == "") {
+		return nil, usageError{errors.New("--cert-file and --key-file go together")}
+	}
+	if o.certFile != "" {
+		cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--cert-file/--key-file: %w", err)}
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+func newAdminClient(base, token, tokenFile, actor string, tlsOpts clientTLS) (*adminClient, error) {
 	u, err := url.Parse(strings.TrimRight(base, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, usageError{fmt.Errorf("--admin-url must be an http(s) URL, got %q", base)}
@@ -37,7 +72,13 @@ func newAdminClient(base, token, tokenFile, actor string) (*adminClient, error) 
 	if token == "" {
 		return nil, usageError{errors.New("no admin token: set KEYPROXY_ADMIN_TOKEN or pass --token-file")}
 	}
-	return &adminClient{base: u, token: token, actor: actor, http: &http.Client{Timeout: 30 * time.Second}}, nil
+	tlsCfg, err := tlsOpts.config()
+	if err != nil {
+		return nil, err
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tlsCfg
+	return &adminClient{base: u, token: token, actor: actor, http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }
 
 // apiError is a problem answer of the admin API.

@@ -440,3 +440,42 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq
 kCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==
 -----END PUBLIC KEY-----
 `
+
+// The operator CLI reaches an admin listener that wants a client
+// certificate, given --ca-file, --cert-file and --key-file.
+func TestCLI_ReachesAdminListenerWithClientCertificate(t *testing.T) {
+	ca, clientCA := newTestCA(t, "server CA"), newTestCA(t, "client CA")
+	dir := t.TempDir()
+	c, k := ca.issue(t, 2, false)
+	in := startTLSInstance(t,
+		"KEYPROXY_ADMIN_TLS_CERT_FILE="+write(t, filepath.Join(dir, "c.pem"), c),
+		"KEYPROXY_ADMIN_TLS_KEY_FILE="+write(t, filepath.Join(dir, "k.pem"), k),
+		"KEYPROXY_ADMIN_TLS_CLIENT_CA_FILE="+write(t, filepath.Join(dir, "clientca.pem"), clientCA.pem))
+	cc, ck := clientCA.issue(t, 9, true)
+	caFile := write(t, filepath.Join(dir, "ca.pem"), ca.pem)
+	certFile := write(t, filepath.Join(dir, "cc.pem"), cc)
+	keyFile := write(t, filepath.Join(dir, "ck.pem"), ck)
+	env := []string{"KEYPROXY_ADMIN_TOKEN=test-admin-token-0123456789"}
+	base := []string{"keys", "list", "--team", "t", "--json", "--admin-url", "https://" + in.adminAddr, "--ca-file", caFile}
+	tests := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"with the client certificate", []string{"--cert-file", certFile, "--key-file", keyFile}, exitOK},
+		{"without a client certificate", nil, exitFailure},
+		{"certificate without its key", []string{"--cert-file", certFile}, exitBadUsage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(append(append([]string{}, base...), tt.args...), env, &stdout, &stderr)
+			if code != tt.code {
+				t.Fatalf("exit %d, want %d: %s%s", code, tt.code, stdout.String(), stderr.String())
+			}
+			if tt.code == exitOK && !strings.Contains(stdout.String(), `"keys"`) {
+				t.Errorf("output %q", stdout.String())
+			}
+		})
+	}
+}
