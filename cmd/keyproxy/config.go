@@ -96,6 +96,9 @@ type Config struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
 		Access bool   `mapstructure:"access"`
+		// FlushInterval buffers log lines and writes them at least this
+		// often; 0 writes every line at once.
+		FlushInterval time.Duration `mapstructure:"flush_interval"`
 	} `mapstructure:"log"`
 }
 
@@ -152,6 +155,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("log.level", "info")
 	v.SetDefault("log.format", "json")
 	v.SetDefault("log.access", true)
+	v.SetDefault("log.flush_interval", time.Second)
 }
 
 // LoadConfig reads the optional YAML file, then the KEYPROXY_* environment,
@@ -377,6 +381,9 @@ func (c *Config) Validate() []string {
 	case "debug", "info", "warn", "error":
 	default:
 		add("log.level", "must be debug, info, warn or error, got %q", c.Log.Level)
+	}
+	if c.Log.FlushInterval < 0 || c.Log.FlushInterval > time.Minute {
+		add("log.flush_interval", "must be between 0 (unbuffered) and 1m, got %s", c.Log.FlushInterval)
 	}
 	switch c.Log.Format {
 	case "json", "console":

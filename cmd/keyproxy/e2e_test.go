@@ -50,6 +50,7 @@ func startInstance(t *testing.T, env ...string) *instance {
 		"KEYPROXY_ADMIN_TOKENS=" + token,
 		"KEYPROXY_SHUTDOWN_TIMEOUT=5s",
 		"KEYPROXY_KEYS_LAST_USED_INTERVAL=100ms",
+		"KEYPROXY_LOG_FLUSH_INTERVAL=0s", // tests read the log as it is written
 	}, env...)
 	cfg, err := LoadConfig("", env)
 	if err != nil {
@@ -437,4 +438,23 @@ func TestEndToEnd_AuditCountsMatchAndLastUsedShows(t *testing.T) {
 		_, body := in.admin(t, http.MethodGet, "/admin/v1/keys/"+id, nil)
 		return decode(t, body)["last_used_at"] != nil
 	})
+}
+
+// Buffered logs are all written by the time the process has stopped.
+func TestEndToEnd_BufferedLogFlushedAtShutdown(t *testing.T) {
+	up := newUpstream(t)
+	in := startInstance(t, "KEYPROXY_UPSTREAM_URL="+up.URL, "KEYPROXY_LOG_FLUSH_INTERVAL=1m")
+	key, _ := createKey(t, in, "usr_buf", "team_buf")
+	if resp, _ := in.call(t, key, "/buffered", "X-Request-Id", "req-buffered-1"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("call: %d", resp.StatusCode)
+	}
+	if strings.Contains(in.logs.String(), "req-buffered-1") {
+		t.Fatal("the access line was written at once although the log is buffered for a minute")
+	}
+	if err := in.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(in.logs.String(), "req-buffered-1") {
+		t.Fatal("the buffered access line was lost at shutdown")
+	}
 }

@@ -51,11 +51,11 @@ type listeners struct{ proxy, admin net.Listener }
 // serve runs until ctx ends, then drains in-flight requests, flushes the
 // audit pipeline and closes the store.
 func serve(ctx context.Context, cfg *Config, reloadCfg func() (*Config, error), logOut io.Writer, hup <-chan os.Signal, ls *listeners) error {
-	logger, level, err := newLogger(cfg.Log.Level, cfg.Log.Format, logOut)
+	logger, level, stopLog, err := newLogger(cfg.Log.Level, cfg.Log.Format, logOut, cfg.Log.FlushInterval)
 	if err != nil {
 		return usageError{err}
 	}
-	defer func() { _ = logger.Sync() }()
+	defer stopLog()
 
 	app, err := build(ctx, cfg, logger)
 	if err != nil {

@@ -122,6 +122,7 @@ func startServing(t *testing.T, file string, env ...string) *tlsInstance {
 		"KEYPROXY_STORE_DSN=" + filepath.Join(dir, "keyproxy.db"),
 		"KEYPROXY_ADMIN_TOKENS=test-admin-token-0123456789",
 		"KEYPROXY_SHUTDOWN_TIMEOUT=5s",
+		"KEYPROXY_LOG_FLUSH_INTERVAL=0s",
 	}, env...)
 	cfg, err := LoadConfig(file, env)
 	if err != nil {
