@@ -254,7 +254,9 @@ func (a *app) buildAudit(bg context.Context, cfg *Config, logger *zap.Logger, re
 		}
 	}
 	return audit.NewPipeline(audit.Options{
-		QueueSize: cfg.Audit.QueueSize, MaxWait: cfg.Audit.MaxWait, Spill: logSink,
+		// Large batches: each store commit rewrites the index pages of every
+		// distinct key and user in it, so fewer, fuller commits cost less.
+		QueueSize: cfg.Audit.QueueSize, BatchSize: 4096, MaxWait: cfg.Audit.MaxWait, Spill: logSink,
 		Logger: logger.Named("audit"), Registerer: reg,
 	}, sinks...)
 }
