@@ -115,6 +115,7 @@ type Config struct {
 type Handler struct {
 	format    keystore.Format
 	resolver  Resolver
+	cached    cachedLookup // nil when the resolver has no in-process cache
 	limiter   Limiter
 	rlHeaders HeaderWriter
 	throttle  *throttle
@@ -192,6 +193,7 @@ func New(cfg Config) (*Handler, error) {
 		problems:  newProblems(),
 		m:         m,
 	}
+	h.cached, _ = cfg.Resolver.(cachedLookup) // decided once, not per throttled request
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
@@ -317,10 +319,10 @@ type cachedLookup interface {
 }
 
 func (h *Handler) cachedIdentity(hash keystore.Hash) (keystore.Identity, bool) {
-	if c, ok := h.resolver.(cachedLookup); ok {
-		return c.Cached(hash)
+	if h.cached == nil {
+		return keystore.Identity{}, false
 	}
-	return keystore.Identity{}, false
+	return h.cached.Cached(hash)
 }
 
 // throttleKey is the address the throttle counts the request against: the
