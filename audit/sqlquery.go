@@ -38,6 +38,9 @@ func (s *SQLStore) Query(ctx context.Context, q Query) (Page, error) {
 	if err != nil {
 		return Page{}, err
 	}
+	if s.dialect == SQLite {
+		return s.querySegments(ctx, q, limit, after)
+	}
 	var (
 		where []string
 		args  []any

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -54,7 +53,7 @@ type SQLStore struct {
 	o       StoreOptions
 	log     *zap.Logger
 
-	insertFull *sql.Stmt // SQLite: the INSERT of a full chunk, prepared once
+	seg *segmentWriter // SQLite only
 
 	mu   sync.Mutex
 	stop context.CancelFunc // set while the purge loop runs
@@ -66,43 +65,12 @@ const columns = "id, time, type, request_id, key_id, key_start, user_id, team_id
 
 const numColumns = 17
 
-// sqliteChunk rows per INSERT keep a statement's parameters (17 per row)
-// well under SQLite's limit of 32766.
-const sqliteChunk = 512
-
-// purgeChunk rows per DELETE keep each purge transaction short, so a
-// large backlog does not hold SQLite's write lock for long.
+// purgeChunk rows per DELETE keep each PostgreSQL purge transaction short.
 const purgeChunk = 5000
 
 // pgMigrationLock serialises migrations of replicas starting together:
 // concurrent CREATE ... IF NOT EXISTS can still collide in PostgreSQL.
 const pgMigrationLock = 0x6b70_6175_6469_74 // "kpaudit"
-
-var sqliteSchema = []string{
-	`CREATE TABLE IF NOT EXISTS audit_events (
-		id          TEXT PRIMARY KEY,
-		time        INTEGER NOT NULL, -- Unix microseconds, UTC
-		type        TEXT NOT NULL,
-		request_id  TEXT NOT NULL DEFAULT '',
-		key_id      TEXT NOT NULL DEFAULT '',
-		key_start   TEXT NOT NULL DEFAULT '',
-		user_id     TEXT NOT NULL DEFAULT '',
-		team_id     TEXT NOT NULL DEFAULT '',
-		role        TEXT NOT NULL DEFAULT '',
-		actor       TEXT NOT NULL DEFAULT '',
-		method      TEXT NOT NULL DEFAULT '',
-		path        TEXT NOT NULL DEFAULT '',
-		status      INTEGER NOT NULL DEFAULT 0,
-		duration_ms REAL NOT NULL DEFAULT 0,
-		client_ip   TEXT NOT NULL DEFAULT '',
-		user_agent  TEXT NOT NULL DEFAULT '',
-		outcome     TEXT NOT NULL DEFAULT ''
-	)`,
-	`CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time, id)`,
-	`CREATE INDEX IF NOT EXISTS audit_events_team ON audit_events (team_id, time, id)`,
-	`CREATE INDEX IF NOT EXISTS audit_events_key ON audit_events (key_id, time, id)`,
-	`CREATE INDEX IF NOT EXISTS audit_events_user ON audit_events (user_id, time, id)`,
-}
 
 var postgresSchema = []string{
 	`CREATE TABLE IF NOT EXISTS audit_events (
@@ -164,13 +132,7 @@ func NewSQLStore(db *sql.DB, dialect Dialect, o StoreOptions) (*SQLStore, error)
 		return nil, err
 	}
 	if dialect == SQLite {
-		// Parsing an INSERT of thousands of parameters costs more than
-		// running it: prepare it once per connection, not per batch.
-		stmt, err := db.PrepareContext(ctx, sqliteInsert(sqliteChunk))
-		if err != nil {
-			return nil, fmt.Errorf("audit: store: preparing the insert: %w", err)
-		}
-		s.insertFull = stmt
+		s.seg = newSegmentWriter()
 	}
 	return s, nil
 }
@@ -181,7 +143,7 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 		return fmt.Errorf("audit: store: migrating: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	schema := sqliteSchema
+	schema := sqliteSegmentSchema
 	if s.dialect == Postgres {
 		schema = postgresSchema
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(pgMigrationLock)); err != nil {
@@ -193,27 +155,15 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 			return fmt.Errorf("audit: store: migrating: %w", err)
 		}
 	}
+	if s.dialect == SQLite {
+		if err := s.migrateRowsToSegments(ctx, tx); err != nil {
+			return fmt.Errorf("audit: store: migrating: %w", err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("audit: store: migrating: %w", err)
 	}
 	return nil
-}
-
-// sqliteInsert builds a multi-row INSERT. OR IGNORE, like PostgreSQL's ON
-// CONFLICT DO NOTHING, makes a retried batch idempotent; unlike ON
-// CONFLICT it also tells SQLite the statement cannot abort halfway, which
-// spares it a statement journal (a third of the write time).
-func sqliteInsert(rows int) string {
-	var b strings.Builder
-	b.WriteString("INSERT OR IGNORE INTO audit_events (" + columns + ") VALUES ")
-	row := "(" + strings.Repeat("?,", numColumns-1) + "?)"
-	for i := range rows {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(row)
-	}
-	return b.String()
 }
 
 // Name implements Sink.
@@ -229,7 +179,7 @@ func (s *SQLStore) Write(ctx context.Context, batch []Event) error {
 	if s.dialect == Postgres {
 		err = s.writePostgres(ctx, batch)
 	} else {
-		err = s.writeSQLite(ctx, batch)
+		err = s.writeSegment(ctx, batch)
 	}
 	if err != nil {
 		return fmt.Errorf("audit: store: writing %d events: %w", len(batch), err)
@@ -258,48 +208,20 @@ func (s *SQLStore) writePostgres(ctx context.Context, batch []Event) error {
 	return err
 }
 
-func (s *SQLStore) writeSQLite(ctx context.Context, batch []Event) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback() }()
-	args := make([]any, 0, min(len(batch), sqliteChunk)*numColumns)
-	for len(batch) > 0 {
-		chunk := batch[:min(len(batch), sqliteChunk)]
-		batch = batch[len(chunk):]
-		args = args[:0]
-		for i := range chunk {
-			e := &chunk[i]
-			args = append(args, e.ID, e.Time.UnixMicro(), e.Type, e.RequestID, e.KeyID, e.KeyStart,
-				e.UserID, e.TeamID, e.Role, e.Actor, e.Method, e.Path, e.Status, e.DurationMS,
-				e.ClientIP, e.UserAgent, e.Outcome)
-		}
-		var err error
-		if len(chunk) == sqliteChunk {
-			_, err = tx.StmtContext(ctx, s.insertFull).ExecContext(ctx, args...)
-		} else {
-			_, err = tx.ExecContext(ctx, sqliteInsert(len(chunk)), args...)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return tx.Commit()
-}
-
 // Purge deletes the events older than before, in short transactions, and
 // returns how many it deleted.
 func (s *SQLStore) Purge(ctx context.Context, before time.Time) (int64, error) {
-	query := `DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE time < $1 LIMIT ` + strconv.Itoa(purgeChunk) + `)`
-	var arg any = before.UTC()
 	if s.dialect == SQLite {
-		query = strings.Replace(query, "$1", "?", 1)
-		arg = before.UnixMicro()
+		n, err := s.purgeSegments(ctx, ceilMicro(before).UnixMicro())
+		if err != nil {
+			return n, fmt.Errorf("audit: store: purging: %w", err)
+		}
+		return n, nil
 	}
+	query := `DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE time < $1 LIMIT ` + strconv.Itoa(purgeChunk) + `)`
 	var total int64
 	for {
-		res, err := s.db.ExecContext(ctx, query, arg)
+		res, err := s.db.ExecContext(ctx, query, before.UTC())
 		if err != nil {
 			return total, fmt.Errorf("audit: store: purging: %w", err)
 		}
@@ -363,8 +285,5 @@ func (s *SQLStore) Close() error {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.insertFull != nil {
-		return s.insertFull.Close()
-	}
 	return nil
 }

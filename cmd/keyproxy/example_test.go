@@ -31,7 +31,7 @@ func Example() {
 	// configuration OK
 	// exit 0
 	//   migration 1 (teams, users, keys): applied
-	//   audit_events table: created
+	//   audit tables: created
 	// schema migrated to version 1
 	// exit 0
 }

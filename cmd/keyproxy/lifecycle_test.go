@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wevion/keyproxy/audit"
 )
 
 // buildBinary compiles keyproxy as an operator runs it: signals reach a
@@ -295,12 +297,22 @@ func testSIGTERMDrains(t *testing.T, bin string) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	var typ, outcome string
-	var status int
-	err = db.QueryRowContext(context.Background(),
-		`SELECT type, status, outcome FROM audit_events WHERE request_id = 'drain-req-1'`).Scan(&typ, &status, &outcome)
-	if err != nil || typ != "api.request" || status != http.StatusOK || outcome != "allowed" {
-		t.Errorf("audit event in the store: type %q status %d outcome %q err %v", typ, status, outcome, err)
+	events, err := audit.NewSQLStore(db, audit.SQLite, audit.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := events.Query(context.Background(), audit.Query{Limit: audit.MaxQueryLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored *audit.Event
+	for i, e := range page.Events {
+		if e.RequestID == "drain-req-1" {
+			stored = &page.Events[i]
+		}
+	}
+	if stored == nil || stored.Type != "api.request" || stored.Status != http.StatusOK || stored.Outcome != "allowed" {
+		t.Errorf("audit event in the store: %+v", stored)
 	}
 	auditLog, err := os.ReadFile(filepath.Join(dir, "audit.log"))
 	if err != nil || !strings.Contains(string(auditLog), `"request_id":"drain-req-1"`) {

@@ -147,7 +147,11 @@ func readSchema(ctx context.Context, db *sql.DB, dialect audit.Dialect) (schemaS
 		return ok, err
 	}
 	var err error
-	if st.auditTable, err = exists("audit_events"); err != nil {
+	auditTable := "audit_events"
+	if dialect == audit.SQLite {
+		auditTable = "audit_segments" // SQLite keeps events in segments
+	}
+	if st.auditTable, err = exists(auditTable); err != nil {
 		return st, err
 	}
 	ok, err := exists("schema_migrations")
@@ -189,7 +193,7 @@ func printMigration(w io.Writer, where string, before, after schemaState) {
 	if !before.auditTable {
 		state, changed = "created", true
 	}
-	fmt.Fprintf(w, "  audit_events table: %s\n", state)
+	fmt.Fprintf(w, "  audit tables: %s\n", state)
 	latest := 0
 	if len(versions) > 0 {
 		latest = versions[len(versions)-1]

@@ -1,0 +1,309 @@
+package audit
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+)
+
+// SQLite keeps events in segments (segcodec.go): one row per written
+// batch, so an insert costs a blob instead of six B-trees per event. Three
+// tables:
+//
+//   - audit_segments: one small row per segment, for the scans: its time
+//     range and run_max, the largest max_time of it and of every earlier
+//     segment. run_max only grows with seq, so a scan newest-first stops as
+//     soon as run_max falls below what it still needs.
+//   - audit_segment_data: the blobs, apart, so scans of headers stay small.
+//   - audit_refs: which team, key and user ids appear in each bucket of
+//     refBucketSegments consecutive segments. A filtered query reads only
+//     those buckets. One row per id and bucket (not per event) keeps the
+//     index out of the insert cost: within a bucket an id is written once.
+var sqliteSegmentSchema = []string{
+	`CREATE TABLE IF NOT EXISTS audit_segments (
+		seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+		min_time INTEGER NOT NULL, -- Unix microseconds, UTC
+		max_time INTEGER NOT NULL,
+		run_max  INTEGER NOT NULL,
+		events   INTEGER NOT NULL,
+		first_id TEXT NOT NULL,
+		last_id  TEXT NOT NULL
+	)`,
+	`CREATE INDEX IF NOT EXISTS audit_segments_min_time ON audit_segments (min_time)`,
+	`CREATE TABLE IF NOT EXISTS audit_segment_data (
+		seq  INTEGER PRIMARY KEY,
+		data BLOB NOT NULL
+	)`,
+	`CREATE TABLE IF NOT EXISTS audit_refs (
+		kind   INTEGER NOT NULL, -- refTeamID, refKeyID or refUserID
+		value  TEXT NOT NULL,
+		bucket INTEGER NOT NULL, -- seq / refBucketSegments
+		PRIMARY KEY (kind, value, bucket)
+	) WITHOUT ROWID`,
+}
+
+// refBucketSegments segments share one audit_refs bucket: under load a
+// segment is a full batch (thousands of events), so a bucket is a few
+// hundred thousand events and the refs cost well under one row per batch.
+const refBucketSegments = 64
+
+// refKinds are the fields GET /admin/v1/audit filters on.
+var refKinds = [...]int{refTeamID, refKeyID, refUserID}
+
+// retryWindow segments are checked for a batch written again: the
+// pipeline retries a failed write at once, so a stored copy is recent.
+const retryWindow = 8
+
+type refKey struct {
+	kind   int
+	value  string
+	bucket int64
+}
+
+// segmentWriter is the SQLite half of SQLStore.Write.
+type segmentWriter struct {
+	mu     sync.Mutex // one batch at a time: the encoder and seen are reused
+	enc    *segmentEncoder
+	bucket int64
+	seen   map[refKey]struct{} // refs committed in bucket
+}
+
+func (w *segmentWriter) seenHas(k refKey) bool {
+	_, ok := w.seen[k]
+	return ok
+}
+
+func newSegmentWriter() *segmentWriter {
+	return &segmentWriter{enc: newSegmentEncoder(), seen: make(map[refKey]struct{})}
+}
+
+func (s *SQLStore) writeSegment(ctx context.Context, batch []Event) error {
+	w := s.seg
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	seq, err := appendSegment(ctx, tx, w.enc, batch)
+	if err != nil || seq == 0 {
+		return err
+	}
+	bucket := seq / refBucketSegments
+	if bucket != w.bucket {
+		clear(w.seen)
+		w.bucket = bucket
+	}
+	// Another process writing the same file only makes some of these
+	// inserts redundant, never missing: each writes the refs it has not.
+	var fresh []refKey
+	w.enc.refs(func(kind int, v string) {
+		if k := (refKey{kind, v, bucket}); !w.seenHas(k) {
+			w.seen[k] = struct{}{}
+			fresh = append(fresh, k)
+		}
+	})
+	err = insertRefs(ctx, tx, fresh)
+	if err == nil {
+		err = tx.Commit()
+	}
+	if err != nil {
+		for _, k := range fresh { // not stored: the next batch writes them
+			delete(w.seen, k)
+		}
+	}
+	return err
+}
+
+// appendSegment stores batch as the newest segment and returns its seq,
+// or 0 when the newest segments hold it already: the pipeline retrying a
+// write that did commit.
+func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch []Event) (int64, error) {
+	minT, maxT := int64(math.MaxInt64), int64(math.MinInt64)
+	for i := range batch {
+		t := batch[i].Time.UnixMicro()
+		minT, maxT = min(minT, t), max(maxT, t)
+	}
+	first, last := batch[0].ID, batch[len(batch)-1].ID
+
+	runMax := maxT
+	rows, err := tx.QueryContext(ctx, `SELECT run_max, events, first_id, last_id, min_time, max_time
+		FROM audit_segments ORDER BY seq DESC LIMIT `+strconv.Itoa(retryWindow))
+	if err != nil {
+		return 0, err
+	}
+	for i := 0; rows.Next(); i++ {
+		var (
+			rm, n, lo, hi int64
+			f, l          string
+		)
+		if err := rows.Scan(&rm, &n, &f, &l, &lo, &hi); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if i == 0 {
+			runMax = max(runMax, rm)
+		}
+		if n == int64(len(batch)) && f == first && l == last && lo == minT && hi == maxT {
+			rows.Close()
+			return 0, nil
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO audit_segments (min_time, max_time, run_max, events, first_id, last_id)
+		VALUES (?, ?, ?, ?, ?, ?)`, minT, maxT, runMax, len(batch), first, last)
+	if err != nil {
+		return 0, err
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_segment_data (seq, data) VALUES (?, ?)`, seq, enc.encode(batch)); err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+func insertRefs(ctx context.Context, tx *sql.Tx, refs []refKey) error {
+	const chunk = 300 // 3 parameters each, well under SQLite's limit
+	args := make([]any, 0, 3*min(len(refs), chunk))
+	for len(refs) > 0 {
+		c := refs[:min(len(refs), chunk)]
+		refs = refs[len(c):]
+		args = args[:0]
+		q := make([]byte, 0, 64+8*len(c))
+		q = append(q, "INSERT OR IGNORE INTO audit_refs (kind, value, bucket) VALUES "...)
+		for i, r := range c {
+			if i > 0 {
+				q = append(q, ',')
+			}
+			q = append(q, "(?,?,?)"...)
+			args = append(args, r.kind, r.value, r.bucket)
+		}
+		if _, err := tx.ExecContext(ctx, string(q), args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// purgeSegments deletes the events before cutoff (Unix µs): segments
+// wholly older go at once; a segment straddling the cutoff is written
+// again with its recent events only.
+func (s *SQLStore) purgeSegments(ctx context.Context, cutoff int64) (int64, error) {
+	var total int64
+	for {
+		n, more, err := s.purgeSegmentChunk(ctx, cutoff)
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
+}
+
+func (s *SQLStore) purgeSegmentChunk(ctx context.Context, cutoff int64) (deleted int64, more bool, err error) {
+	const chunk = 100 // segments per transaction: short write locks
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, false, err
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := tx.QueryContext(ctx, `SELECT s.seq, s.max_time, s.events, d.data FROM audit_segments s
+		JOIN audit_segment_data d ON d.seq = s.seq WHERE s.min_time < ? ORDER BY s.min_time LIMIT ?`, cutoff, chunk)
+	if err != nil {
+		return 0, false, err
+	}
+	type keep struct {
+		seq    int64
+		events []Event
+	}
+	var (
+		drop    []int64
+		rewrite []keep
+		n       int
+	)
+	for rows.Next() {
+		n++
+		var (
+			seq, maxT, events int64
+			data              []byte
+		)
+		if err := rows.Scan(&seq, &maxT, &events, &data); err != nil {
+			rows.Close()
+			return 0, false, err
+		}
+		if maxT < cutoff {
+			drop = append(drop, seq)
+			deleted += events
+			continue
+		}
+		kept, err := eventsSince(data, cutoff)
+		if err != nil {
+			rows.Close()
+			return 0, false, fmt.Errorf("segment %d: %w", seq, err)
+		}
+		deleted += events - int64(len(kept))
+		rewrite = append(rewrite, keep{seq, kept})
+	}
+	if err := rows.Close(); err != nil {
+		return 0, false, err
+	}
+	for _, seq := range drop {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM audit_segments WHERE seq = ?`, seq); err != nil {
+			return 0, false, err
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM audit_segment_data WHERE seq = ?`, seq); err != nil {
+			return 0, false, err
+		}
+	}
+	enc := newSegmentEncoder()
+	for _, k := range rewrite {
+		minT, maxT := int64(math.MaxInt64), int64(math.MinInt64)
+		for i := range k.events {
+			t := k.events[i].Time.UnixMicro()
+			minT, maxT = min(minT, t), max(maxT, t)
+		}
+		// run_max stays: an upper bound that is too high only makes a scan go on.
+		if _, err := tx.ExecContext(ctx, `UPDATE audit_segments SET min_time = ?, max_time = ?, events = ?, first_id = ?, last_id = ? WHERE seq = ?`,
+			minT, maxT, len(k.events), k.events[0].ID, k.events[len(k.events)-1].ID, k.seq); err != nil {
+			return 0, false, err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE audit_segment_data SET data = ? WHERE seq = ?`, enc.encode(k.events), k.seq); err != nil {
+			return 0, false, err
+		}
+	}
+	// Refs of buckets before the oldest remaining segment point at nothing.
+	if _, err := tx.ExecContext(ctx, `DELETE FROM audit_refs WHERE bucket < COALESCE(
+		(SELECT min(seq) FROM audit_segments), (SELECT seq + 1 FROM sqlite_sequence WHERE name = 'audit_segments'), 0) / ?`, refBucketSegments); err != nil {
+		return 0, false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, false, err
+	}
+	return deleted, n == chunk, nil
+}
+
+// eventsSince decodes a segment and keeps its events at or after cutoff;
+// a segment straddles the cutoff, so at least one is kept.
+func eventsSince(data []byte, cutoff int64) ([]Event, error) {
+	r, err := readSegment(data)
+	if err != nil {
+		return nil, err
+	}
+	out, err := r.events(func(ev *rawEvent) bool { return ev.micros >= cutoff })
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no event after its max_time")
+	}
+	return out, nil
+}
