@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"strconv"
 	"sync"
 )
@@ -49,14 +50,19 @@ var sqliteSegmentSchema = []string{
 // refBucketSegments segments share one audit_refs bucket: under load a
 // segment is a full batch (thousands of events), so a bucket is a few
 // hundred thousand events and the refs cost well under one row per batch.
-const refBucketSegments = 64
+const refBucketSegments = 256
 
 // refKinds are the fields GET /admin/v1/audit filters on.
 var refKinds = [...]int{refTeamID, refKeyID, refUserID}
 
-// retryWindow segments are checked for a batch written again: the
-// pipeline retries a failed write at once, so a stored copy is recent.
-const retryWindow = 8
+// segmentMaxEvents bounds a segment, and so one write transaction, to
+// a couple of milliseconds of CPU: with GOMAXPROCS=1 the writer holds the only
+// core while it runs, and requests wait behind it.
+const segmentMaxEvents = 1024
+
+// retryWindow segments are checked for a chunk written again: the pipeline
+// retries a failed write at once, so a stored copy is recent.
+const retryWindow = 16
 
 type refKey struct {
 	kind   int
@@ -69,43 +75,63 @@ type segmentWriter struct {
 	mu     sync.Mutex // one batch at a time: the encoder and seen are reused
 	enc    *segmentEncoder
 	bucket int64
-	seen   map[refKey]struct{} // refs committed in bucket
-}
-
-func (w *segmentWriter) seenHas(k refKey) bool {
-	_, ok := w.seen[k]
-	return ok
+	seen   [numRefs]map[string]struct{} // by kind: ids whose refs in bucket are committed
 }
 
 func newSegmentWriter() *segmentWriter {
-	return &segmentWriter{enc: newSegmentEncoder(), seen: make(map[refKey]struct{})}
+	w := &segmentWriter{enc: newSegmentEncoder()}
+	for _, k := range refKinds {
+		w.seen[k] = make(map[string]struct{})
+	}
+	return w
+}
+
+// writeSegments stores batch in segments of up to segmentMaxEvents, one
+// transaction each, yielding the core between them. A batch that fails
+// halfway is whole after its retry: the chunks already stored are
+// recognised (appendSegment) and skipped.
+func (s *SQLStore) writeSegments(ctx context.Context, batch []Event) error {
+	w := s.seg
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(batch) > 0 {
+		chunk := batch[:min(len(batch), segmentMaxEvents)]
+		batch = batch[len(chunk):]
+		if err := s.writeSegment(ctx, chunk); err != nil {
+			return err
+		}
+		if len(batch) > 0 {
+			runtime.Gosched()
+		}
+	}
+	return nil
 }
 
 func (s *SQLStore) writeSegment(ctx context.Context, batch []Event) error {
 	w := s.seg
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	seq, err := appendSegment(ctx, tx, w.enc, batch)
+	seq, err := appendSegment(ctx, tx, w.enc, batch, true)
 	if err != nil || seq == 0 {
 		return err
 	}
 	bucket := seq / refBucketSegments
 	if bucket != w.bucket {
-		clear(w.seen)
+		for _, k := range refKinds {
+			clear(w.seen[k])
+		}
 		w.bucket = bucket
 	}
 	// Another process writing the same file only makes some of these
 	// inserts redundant, never missing: each writes the refs it has not.
 	var fresh []refKey
 	w.enc.refs(func(kind int, v string) {
-		if k := (refKey{kind, v, bucket}); !w.seenHas(k) {
-			w.seen[k] = struct{}{}
-			fresh = append(fresh, k)
+		if _, ok := w.seen[kind][v]; !ok {
+			w.seen[kind][v] = struct{}{}
+			fresh = append(fresh, refKey{kind, v, bucket})
 		}
 	})
 	err = insertRefs(ctx, tx, fresh)
@@ -114,16 +140,17 @@ func (s *SQLStore) writeSegment(ctx context.Context, batch []Event) error {
 	}
 	if err != nil {
 		for _, k := range fresh { // not stored: the next batch writes them
-			delete(w.seen, k)
+			delete(w.seen[k.kind], k.value)
 		}
 	}
 	return err
 }
 
-// appendSegment stores batch as the newest segment and returns its seq,
-// or 0 when the newest segments hold it already: the pipeline retrying a
-// write that did commit.
-func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch []Event) (int64, error) {
+// appendSegment stores batch as the newest segment and returns its seq.
+// With retry, it first looks for batch among the newest segments (the
+// pipeline writing again a batch some or all of whose chunks did commit)
+// and returns 0 when it is there.
+func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch []Event, retry bool) (int64, error) {
 	minT, maxT := int64(math.MaxInt64), int64(math.MinInt64)
 	for i := range batch {
 		t := batch[i].Time.UnixMicro()
@@ -131,9 +158,12 @@ func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch [
 	}
 	first, last := batch[0].ID, batch[len(batch)-1].ID
 
-	runMax := maxT
+	runMax, window := maxT, 1
+	if retry {
+		window = retryWindow
+	}
 	rows, err := tx.QueryContext(ctx, `SELECT run_max, events, first_id, last_id, min_time, max_time
-		FROM audit_segments ORDER BY seq DESC LIMIT `+strconv.Itoa(retryWindow))
+		FROM audit_segments ORDER BY seq DESC LIMIT `+strconv.Itoa(window))
 	if err != nil {
 		return 0, err
 	}
@@ -149,7 +179,7 @@ func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch [
 		if i == 0 {
 			runMax = max(runMax, rm)
 		}
-		if n == int64(len(batch)) && f == first && l == last && lo == minT && hi == maxT {
+		if retry && n == int64(len(batch)) && f == first && l == last && lo == minT && hi == maxT {
 			rows.Close()
 			return 0, nil
 		}

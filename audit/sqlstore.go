@@ -169,8 +169,10 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 // Name implements Sink.
 func (s *SQLStore) Name() string { return "store" }
 
-// Write implements Sink: the batch is inserted in one transaction, so it
-// is stored whole or not at all, and writing it again is harmless.
+// Write implements Sink. PostgreSQL stores the batch in one statement,
+// whole or not at all; SQLite in segments of up to 512 events, each whole.
+// Writing a batch again, as the pipeline does after an error, stores
+// nothing twice in either.
 func (s *SQLStore) Write(ctx context.Context, batch []Event) error {
 	if len(batch) == 0 {
 		return nil
@@ -179,7 +181,7 @@ func (s *SQLStore) Write(ctx context.Context, batch []Event) error {
 	if s.dialect == Postgres {
 		err = s.writePostgres(ctx, batch)
 	} else {
-		err = s.writeSegment(ctx, batch)
+		err = s.writeSegments(ctx, batch)
 	}
 	if err != nil {
 		return fmt.Errorf("audit: store: writing %d events: %w", len(batch), err)

@@ -283,6 +283,23 @@ func testStoreWrites(t *testing.T, tdb testDB) {
 			t.Fatalf("%d rows, want %d", n, len(batch))
 		}
 	})
+	t.Run("a batch stored in part, then again whole, is stored once", func(t *testing.T) {
+		// SQLite stores a batch in chunks of segmentMaxEvents, one
+		// transaction each: a failure can leave the first ones stored.
+		s := newTestStore(t, tdb, StoreOptions{})
+		batch := make([]Event, 2*segmentMaxEvents+276)
+		for i := range batch {
+			batch[i] = fixedEvent(i, time.Unix(1700000000, int64(i)*1000).UTC())
+		}
+		for _, b := range [][]Event{batch[:segmentMaxEvents], batch, batch} {
+			if err := s.Write(context.Background(), b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := countRows(t, s); n != len(batch) {
+			t.Fatalf("%d rows, want %d", n, len(batch))
+		}
+	})
 	t.Run("migrating again, even concurrently, is harmless", func(t *testing.T) {
 		db := tdb.open(t)
 		var wg sync.WaitGroup

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"testing"
@@ -44,31 +45,70 @@ func BenchmarkLocalAllow(b *testing.B) {
 	})
 }
 
+// BenchmarkRedisAllow compares one round trip per decision with batching.
+// Run it with -cpu 1, as a proxy pinned to one core: cpu-ns/op is then the
+// process's CPU time per decision (redis-server's excluded), which ns/op,
+// mostly waiting on Redis, is not.
 func BenchmarkRedisAllow(b *testing.B) {
 	server := testserver.StartRedis(b)
-	fallback := NewLocal(benchPolicies, LocalOptions{})
-	defer fallback.Close()
 	client := newClient(b, server.Addr)
-	r := NewRedis(client, benchPolicies, fallback, RedisOptions{Timeout: time.Second})
-	ctx := context.Background()
-	r.Allow(ctx, "usr_1", "member")
-	b.Run("serial", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
+	users := make([]string, 100)
+	for i := range users {
+		users[i] = "usr_" + strconv.Itoa(i)
+	}
+	for _, mode := range []struct {
+		name     string
+		maxBatch int
+	}{{"unbatched", 1}, {"batched", 0}} {
+		b.Run(mode.name, func(b *testing.B) {
+			fallback := NewLocal(benchPolicies, LocalOptions{})
+			defer fallback.Close()
+			r := NewRedis(client, benchPolicies, fallback, RedisOptions{Timeout: time.Second, MaxBatch: mode.maxBatch})
+			defer r.Close()
+			ctx := context.Background()
 			r.Allow(ctx, "usr_1", "member")
-		}
-	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				r.Allow(ctx, "usr_1", "member")
+			b.Run("serial", func(b *testing.B) {
+				b.ReportAllocs()
+				cpu := processCPU()
+				for b.Loop() {
+					r.Allow(ctx, "usr_1", "member")
+				}
+				reportCPU(b, cpu)
+			})
+			b.Run("parallel64", func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetParallelism(64) // goroutines per GOMAXPROCS: about the proxy's 100 connections at -cpu 1
+				var batches, sent int64
+				if r.batch != nil {
+					batches, sent = r.batch.pipelines.Load(), r.batch.sent.Load()
+				}
+				cpu := processCPU()
+				b.RunParallel(func(pb *testing.PB) {
+					i := rand.IntN(len(users))
+					for pb.Next() {
+						r.Allow(ctx, users[i%len(users)], "member")
+						i++
+					}
+				})
+				reportCPU(b, cpu)
+				if r.batch != nil {
+					b.ReportMetric(float64(r.batch.sent.Load()-sent)/float64(r.batch.pipelines.Load()-batches), "decisions/pipeline")
+				}
+			})
+			if r.Degraded() {
+				b.Fatal("benchmark ran degraded")
 			}
 		})
-	})
-	if r.Degraded() {
-		b.Fatal("benchmark ran degraded")
 	}
+}
+
+// reportCPU reports the process CPU time spent since start per iteration.
+func reportCPU(b *testing.B, start time.Duration) {
+	b.Helper()
+	if start < 0 {
+		return
+	}
+	b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op")
 }
 
 func BenchmarkWriteHeaders(b *testing.B) {

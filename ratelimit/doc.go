@@ -36,6 +36,11 @@
 // spends from the same budget. Refused requests write nothing: only
 // admitted requests consume budget.
 //
+// The decisions waiting for Redis at the same moment share one pipelined
+// round trip (up to RedisOptions.MaxBatch): under load the proxy pays one
+// write and one read for many decisions, and a lone decision is sent at
+// once. Close the Redis limiter to stop the goroutine that sends them.
+//
 // When Redis errors or does not answer within RedisOptions.Timeout (50 ms;
 // build the go-redis client with ContextTimeoutEnabled so the deadline
 // reaches the socket, and with few retries), the Redis limiter answers from

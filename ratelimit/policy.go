@@ -96,6 +96,9 @@ type policy struct {
 	// intervalMicros is the GCRA emission interval, Per/Requests, rounded
 	// to the microsecond the Redis script counts in.
 	intervalMicros int64
+	// gcraArgs are the script's ARGV, boxed once: boxing them per call
+	// would cost two allocations per decision.
+	gcraArgs []any
 	// refill is how long an empty bucket takes to become full.
 	refill time.Duration
 	// Header values shared by every response under this policy; each is a
@@ -109,10 +112,12 @@ func newPolicy(l Limit) *policy {
 	if rem := l.Per.Microseconds() % int64(l.Requests); rem*2 >= int64(l.Requests) {
 		interval++
 	}
+	interval = max(interval, 1)
 	return &policy{
 		limit:          l,
 		perSecond:      rate.Limit(float64(l.Requests) / l.Per.Seconds()),
-		intervalMicros: max(interval, 1),
+		intervalMicros: interval,
+		gcraArgs:       []any{interval, l.Burst},
 		refill:         time.Duration(float64(l.Per) * float64(l.Burst) / float64(l.Requests)),
 		policyHeader:   []string{policyHeaderValue(l)},
 		limitHeader:    []string{strconv.Itoa(l.Burst)},

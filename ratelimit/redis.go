@@ -21,9 +21,11 @@ var gcraScript string
 const DefaultKeyPrefix = "keyproxy:rl:user:"
 
 // rediser is what the limiter needs of a go-redis client: the methods
-// redis.Script.Run uses. *redis.Client, *redis.ClusterClient and
-// *redis.Ring satisfy it.
+// redis.Script.Run uses, and pipelines for batching. *redis.Client,
+// *redis.ClusterClient and *redis.Ring satisfy it; the cluster and ring
+// pipelines split a batch by node themselves.
 type rediser interface {
+	Pipeline() redis.Pipeliner
 	Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
 	EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd
 	EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
@@ -32,14 +34,25 @@ type rediser interface {
 	ScriptLoad(ctx context.Context, script string) *redis.StringCmd
 }
 
+var (
+	_ rediser = (*redis.Client)(nil)
+	_ rediser = (*redis.ClusterClient)(nil)
+	_ rediser = (*redis.Ring)(nil)
+)
+
 // RedisOptions tune a Redis limiter. The zero value is ready to use.
 type RedisOptions struct {
 	// KeyPrefix precedes the user id in the Redis key (default
 	// DefaultKeyPrefix).
 	KeyPrefix string
-	// Timeout bounds each Redis call (default 50ms). The client must be
+	// Timeout bounds each decision's wait for Redis (default 50ms); a
+	// batch waits for as long as its latest caller. The client must be
 	// built with ContextTimeoutEnabled for go-redis to honour it.
 	Timeout time.Duration
+	// MaxBatch caps how many concurrent decisions share one pipeline
+	// (default DefaultMaxBatch). 1 turns batching off: each decision makes
+	// its own round trip from the caller's goroutine.
+	MaxBatch int
 	// ProbeInterval is how often, at most, a degraded limiter tries Redis
 	// again (default 1s).
 	ProbeInterval time.Duration
@@ -51,12 +64,15 @@ type RedisOptions struct {
 }
 
 // Redis is a limiter shared by every replica on one Redis: an atomic GCRA
-// in a Lua script, one round trip per request. When Redis fails or times
-// out it answers from its fallback Local at once, and tries Redis again
-// at most once per ProbeInterval. It is safe for concurrent use.
+// in a Lua script. The decisions waiting at the same moment share one
+// pipelined round trip; a lone one is sent at once. When Redis fails or
+// times out it answers from its fallback Local at once, and tries Redis
+// again at most once per ProbeInterval. It is safe for concurrent use.
+// Close it to stop its batching goroutine.
 type Redis struct {
 	rdb       rediser
 	script    *redis.Script
+	batch     *batcher // nil with MaxBatch 1
 	prefix    string
 	timeout   time.Duration
 	probe     time.Duration
@@ -92,6 +108,9 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
+	if o.MaxBatch <= 0 {
+		o.MaxBatch = DefaultMaxBatch
+	}
 	r := &Redis{
 		rdb:       rdb,
 		script:    redis.NewScript(gcraScript),
@@ -110,9 +129,21 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 			Help: "Redis rate-limit calls that failed or timed out.",
 		})),
 	}
+	if o.MaxBatch > 1 {
+		r.batch = newBatcher(rdb, r.script.Hash(), o.MaxBatch)
+	}
 	r.policies.Store(t)
 	fallback.setTable(t)
 	return r
+}
+
+// Close stops the goroutine that batches Redis calls, once the calls
+// already waiting have their answers. The limiter still works afterwards,
+// one round trip per decision. Close may be called more than once.
+func (r *Redis) Close() {
+	if r.batch != nil {
+		r.batch.close()
+	}
 }
 
 // SetPolicies replaces the policies of this limiter and its fallback at
@@ -151,15 +182,27 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 }
 
 func (r *Redis) allow(ctx context.Context, userID string, pol *policy) (Result, error) {
-	// The client leaving must not abort a call Redis may already have
-	// counted; the timeout alone bounds it.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
-	defer cancel()
-	reply, err := r.script.Run(ctx, r.rdb, []string{r.prefix + userID}, pol.intervalMicros, pol.limit.Burst).Result()
+	reply, err := r.eval(ctx, r.prefix+userID, pol.gcraArgs)
 	if err != nil {
 		return Result{}, fmt.Errorf("ratelimit: redis gcra: %w", err)
 	}
 	return parseReply(reply, pol)
+}
+
+// eval runs the script on key, in the next batch unless batching is off or
+// closed. The client leaving must not abort a call Redis may already have
+// counted, so ctx's cancellation is ignored: the timeout alone bounds it.
+// A batch serves many contexts, so there ctx's values do not reach
+// go-redis's hooks either.
+func (r *Redis) eval(ctx context.Context, key string, args []any) (any, error) {
+	if r.batch != nil {
+		if reply, err := r.batch.do(key, args, r.timeout); !errors.Is(err, errBatcherClosed) {
+			return reply, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
+	defer cancel()
+	return r.script.Run(ctx, r.rdb, []string{key}, args...).Result()
 }
 
 var errReply = errors.New("ratelimit: unexpected reply from the gcra script")

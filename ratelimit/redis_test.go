@@ -71,13 +71,19 @@ func newRedisFixtureWith(t testing.TB, p Policies, server *testserver.Redis, o R
 	if server == nil {
 		server = testserver.StartRedis(t)
 	}
+	return newRedisFixtureOn(t, p, server, newClient(t, server.Addr), o)
+}
+
+// newRedisFixtureOn is newRedisFixtureWith on a client built by the test.
+func newRedisFixtureOn(t testing.TB, p Policies, server *testserver.Redis, client *redis.Client, o RedisOptions) *redisFixture {
+	t.Helper()
 	core, logs := observer.New(zap.InfoLevel)
 	reg := prometheus.NewPedanticRegistry()
 	fallback := NewLocal(p, LocalOptions{Registerer: reg})
 	t.Cleanup(fallback.Close)
-	client := newClient(t, server.Addr)
 	o.Logger, o.Registerer = zap.New(core), reg
 	limiter := NewRedis(client, p, fallback, o)
+	t.Cleanup(limiter.Close)
 	return &redisFixture{server: server, client: client, limiter: limiter, fallback: fallback, reg: reg, logs: logs}
 }
 

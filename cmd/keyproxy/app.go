@@ -53,6 +53,7 @@ type app struct {
 	auditFile *os.File
 	limiter   limiter
 	local     *ratelimit.Local
+	shared    *ratelimit.Redis // nil without Redis
 	stop      context.CancelFunc // ends background loops
 	reloads   *reloadMetrics
 }
@@ -180,9 +181,10 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		local := ratelimit.NewLocal(policies(cfg), ratelimit.LocalOptions{Registerer: reg})
 		a.local, a.limiter = local, local
 		if a.redis != nil {
-			a.limiter = ratelimit.NewRedis(a.redis, policies(cfg), local, ratelimit.RedisOptions{
+			a.shared = ratelimit.NewRedis(a.redis, policies(cfg), local, ratelimit.RedisOptions{
 				Timeout: cfg.Redis.Timeout, Logger: logger.Named("ratelimit"), Registerer: reg,
 			})
+			a.limiter = a.shared
 		}
 		pcfg.Limiter = a.limiter
 		pcfg.RateLimitHeaders = ratelimit.WriteHeaders
@@ -320,6 +322,9 @@ func (a *app) close(logger *zap.Logger) {
 	}
 	if a.stop != nil {
 		a.stop()
+	}
+	if a.shared != nil {
+		a.shared.Close() // sends the decisions already queued: before a.redis closes
 	}
 	if a.local != nil {
 		a.local.Close()
