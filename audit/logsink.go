@@ -44,6 +44,9 @@ func (s *LogSink) Write(_ context.Context, batch []Event) error {
 	ent := zapcore.Entry{Level: zapcore.InfoLevel, LoggerName: s.name, Message: "audit event", Time: time.Now()}
 	fields := make([]zapcore.Field, 1)
 	for i := range batch {
+		if i > 0 && i%yieldEvery == 0 {
+			yield()
+		}
 		// A copy: a core may keep its fields after Write (zap's observer
 		// does), and the pipeline reuses the batch.
 		e := batch[i]

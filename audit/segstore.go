@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"strconv"
 	"sync"
 )
@@ -87,7 +86,7 @@ func newSegmentWriter() *segmentWriter {
 }
 
 // writeSegments stores batch in segments of up to segmentMaxEvents, one
-// transaction each, yielding the core between them. A batch that fails
+// transaction each, yielding between them. A batch that fails
 // halfway is whole after its retry: the chunks already stored are
 // recognised (appendSegment) and skipped.
 func (s *SQLStore) writeSegments(ctx context.Context, batch []Event) error {
@@ -101,7 +100,7 @@ func (s *SQLStore) writeSegments(ctx context.Context, batch []Event) error {
 			return err
 		}
 		if len(batch) > 0 {
-			runtime.Gosched()
+			yield()
 		}
 	}
 	return nil

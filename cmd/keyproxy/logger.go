@@ -39,12 +39,19 @@ func newLogger(level, format string, w io.Writer, flush time.Duration) (_ *zap.L
 	var out zapcore.WriteSyncer = zapcore.Lock(zapcore.AddSync(w))
 	stop = func() { _ = out.Sync() }
 	if flush > 0 {
-		buf := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(w), Size: 256 << 10, FlushInterval: flush}
+		// The buffer's flush loop calls Sync every interval: on a log file
+		// that is an fsync, tens of milliseconds on a busy disk during which
+		// the runtime's only P (GOMAXPROCS=1) serves no request. The buffer
+		// is written out, not synced: the kernel has the lines either way.
+		buf := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(writeOnly{w}), Size: 256 << 10, FlushInterval: flush}
 		out, stop = buf, func() { _ = buf.Stop() }
 	}
 	core := zapcore.NewCore(enc, out, lvl)
 	return zap.New(core, zap.ErrorOutput(out)), lvl, stop, nil
 }
+
+// writeOnly hides an *os.File's Sync from zapcore.AddSync.
+type writeOnly struct{ io.Writer }
 
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()

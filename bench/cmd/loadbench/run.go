@@ -37,6 +37,7 @@ type options struct {
 	keep       bool
 	perUser    int
 	only       string
+	env        string
 }
 
 // target is one proxy under test.
@@ -83,6 +84,7 @@ func runCmd(args []string) error {
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, databases)")
 	fs.IntVar(&o.perUser, "per-user-limit", 600_000, "rate limit per user per minute: generous, so the limiter decides every request but refuses none")
 	fs.StringVar(&o.only, "only", "", "comma-separated target names to run (default: all)")
+	fs.StringVar(&o.env, "env", "", "space-separated KEYPROXY_NAME=value settings added to every keyproxy target (to measure a setting)")
 	_ = fs.Parse(args)
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
 		return errors.New("rounds, conns and keys must be positive and duration at least 1s")
@@ -347,6 +349,7 @@ func (b *bench) startKeyproxy(ctx context.Context, name, desc string, extraEnv [
 		"KEYPROXY_RATELIMIT_DEFAULT_PER=1m",
 		"KEYPROXY_RATELIMIT_DEFAULT_BURST=" + strconv.Itoa(max(b.o.perUser/60, 100)),
 	}, extraEnv...)
+	env = append(env, strings.Fields(b.o.env)...)
 	p, err := b.start(name, b.o.proxyCPUs, env, b.o.keyproxy, "serve")
 	if err != nil {
 		return nil, err

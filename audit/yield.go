@@ -1,0 +1,16 @@
+package audit
+
+import "time"
+
+// yieldEvery events, a sink writing a large batch lets requests run.
+const yieldEvery = 256
+
+// yield pauses a sink's writer briefly between chunks of a batch. With
+// GOMAXPROCS=1 (one core per proxy) a writer encoding thousands of events
+// holds the only P for milliseconds, and requests whose sockets became
+// readable meanwhile wait: the scheduler polls the network only when it
+// runs out of runnable goroutines, so runtime.Gosched would hand the P
+// straight back to the writer. Parking on a timer empties the run queue,
+// the scheduler polls, and the waiting requests go first. The pause
+// delays only the audit write, which is asynchronous.
+func yield() { time.Sleep(20 * time.Microsecond) }
