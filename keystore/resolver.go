@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +63,10 @@ const (
 type entry struct {
 	id  Identity
 	gen uint64
+	// refreshAt (clock nanoseconds): a hit past it also starts a re-read in
+	// the background, so a key in use is read again before it expires
+	// rather than by a request waiting on the store.
+	refreshAt int64
 }
 
 // fillResult travels through singleflight to every waiter.
@@ -78,7 +84,19 @@ type Resolver struct {
 	gens        [genStripes]atomic.Uint64
 	flight      singleflight.Group
 	coarse      *otter.CoarseClock // nil with an injected or precise clock
+	clock       otter.Clock
+	ttl         time.Duration
 	loadTimeout time.Duration
+
+	// Background re-reads (refresh ahead), done one at a time by one
+	// goroutine: keys first read together come due together, and a
+	// thousand concurrent store reads would compete with requests.
+	refreshMu  sync.Mutex
+	refreshing map[Hash]struct{} // queued or being read
+	refreshQ   chan refreshJob
+	stopQ      chan struct{}
+	refreshWG  sync.WaitGroup
+	closeOnce  sync.Once
 
 	hits, negativeHits, misses prometheus.Counter
 }
@@ -106,7 +124,7 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 	// goroutine is starved), so the TTL is shortened by a margin that keeps
 	// "never served past TTL" true. Short TTLs keep the precise clock.
 	var (
-		clock  otter.Clock
+		clock  otter.Clock // nil: otter's own
 		coarse *otter.CoarseClock
 		ttl    = o.TTL
 	)
@@ -137,7 +155,14 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 		stopClock(coarse)
 		return nil, fmt.Errorf("keystore: resolver negative cache: %w", err)
 	}
-	r := &Resolver{backend: b, pos: pos, neg: neg, coarse: coarse, loadTimeout: o.LoadTimeout}
+	r := &Resolver{backend: b, pos: pos, neg: neg, coarse: coarse, clock: clock, ttl: ttl,
+		loadTimeout: o.LoadTimeout, refreshing: make(map[Hash]struct{}),
+		refreshQ: make(chan refreshJob, refreshQueue), stopQ: make(chan struct{})}
+	if clock == nil {
+		r.clock = preciseClock{}
+	}
+	r.refreshWG.Add(1)
+	go r.refreshLoop()
 	if err := r.initMetrics(o.Registerer); err != nil {
 		r.Close()
 		return nil, err
@@ -152,6 +177,9 @@ func (r *Resolver) Resolve(ctx context.Context, h Hash) (Identity, error) {
 	gen := &r.gens[stripe(h)]
 	if e, ok := r.pos.GetIfPresent(h); ok && e.gen == gen.Load() {
 		r.hits.Inc()
+		if r.clock.NowNano() >= e.refreshAt {
+			r.refresh(h, gen)
+		}
 		return e.id, nil
 	}
 	if g, ok := r.neg.GetIfPresent(h); ok && g == gen.Load() {
@@ -228,13 +256,78 @@ func (r *Resolver) load(ctx context.Context, h Hash, gen *atomic.Uint64) (any, e
 		case err != nil:
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		r.pos.Set(h, entry{id: id, gen: g})
+		r.pos.Set(h, r.newEntry(id, g))
 		last = fillResult{id: id, gen: g}
 		if gen.Load() == g {
 			break
 		}
 	}
 	return last, nil
+}
+
+// newEntry sets the entry's refresh point between 70% and 85% of the TTL,
+// spread so that keys first read together (after a start or a flush) are
+// not all read again in the same instant; the rest of the TTL leaves the
+// re-read time to finish before the entry expires.
+func (r *Resolver) newEntry(id Identity, gen uint64) entry {
+	after := int64(r.ttl)*7/10 + rand.Int64N(int64(r.ttl)*15/100+1)
+	return entry{id: id, gen: gen, refreshAt: r.clock.NowNano() + after}
+}
+
+// refreshQueue bounds the re-reads waiting; past it a due entry waits for
+// a later hit, or expires and is read by a request as without refresh.
+const refreshQueue = 4096
+
+type refreshJob struct {
+	h   Hash
+	gen *atomic.Uint64
+}
+
+// refresh queues a background re-read of h unless one is queued or running.
+func (r *Resolver) refresh(h Hash, gen *atomic.Uint64) {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	if _, busy := r.refreshing[h]; busy {
+		return
+	}
+	select {
+	case r.refreshQ <- refreshJob{h, gen}:
+		r.refreshing[h] = struct{}{}
+	default:
+	}
+}
+
+func (r *Resolver) refreshLoop() {
+	defer r.refreshWG.Done()
+	for {
+		select {
+		case <-r.stopQ:
+			return
+		case j := <-r.refreshQ:
+			r.reread(j.h, j.gen)
+			r.refreshMu.Lock()
+			delete(r.refreshing, j.h)
+			r.refreshMu.Unlock()
+		}
+	}
+}
+
+func (r *Resolver) reread(h Hash, gen *atomic.Uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.loadTimeout)
+	defer cancel()
+	// Tagged with the generation from before the read, like a fill: if an
+	// invalidation runs meanwhile, what this stores is never served.
+	g := gen.Load()
+	id, err := r.backend.Resolve(ctx, h)
+	switch {
+	case err == nil:
+		r.pos.Set(h, r.newEntry(id, g))
+	case errors.Is(err, ErrNotFound): // gone from the store: stop serving it now
+		r.pos.Invalidate(h)
+		r.neg.Set(h, g)
+	}
+	// Any other error leaves the entry to expire at its TTL, after which a
+	// request reads the store itself and fails closed.
 }
 
 // Invalidate evicts hashes now. Once it returns, no Resolve that starts
@@ -267,9 +360,11 @@ func (r *Resolver) Evict(_ context.Context, hashes []Hash) (confirmed, replicas 
 	return 1, 1
 }
 
-// Close stops the caches' clean-up and clock goroutines. The resolver must
+// Close stops the refresher and the caches' clean-up and clock goroutines. The resolver must
 // not be used afterwards.
 func (r *Resolver) Close() {
+	r.closeOnce.Do(func() { close(r.stopQ) })
+	r.refreshWG.Wait()
 	r.pos.StopAllGoroutines()
 	r.neg.StopAllGoroutines()
 	stopClock(r.coarse)
@@ -288,5 +383,11 @@ func stripe(h Hash) int { return int(binary.LittleEndian.Uint16(h[:2]) % genStri
 // injected clock, expired entries are dropped as they are read.
 type funcClock func() time.Time
 
-func (c funcClock) NowNano() int64                      { return c().UnixNano() }
-func (c funcClock) Tick(time.Duration) <-chan time.Time { return nil }
+func (c funcClock) NowNano() int64 { return c().UnixNano() }
+
+// preciseClock is otter's default clock, named so the resolver can read it too.
+type preciseClock struct{}
+
+func (preciseClock) NowNano() int64                        { return time.Now().UnixNano() }
+func (preciseClock) Tick(d time.Duration) <-chan time.Time { return time.Tick(d) }
+func (c funcClock) Tick(time.Duration) <-chan time.Time    { return nil }

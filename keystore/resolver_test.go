@@ -166,9 +166,94 @@ func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
 	if id, _ := r.Resolve(ctx, k.Hash); id.Revoked || b.calls.Load() != 1 {
 		t.Fatalf("before TTL: revoked=%v reads=%d, want cached and 1", id.Revoked, b.calls.Load())
 	}
+	// That hit was past the refresh point: a re-read may be running. At
+	// the TTL, the answer is a fresh read either way.
 	clock.Advance(time.Nanosecond)
-	if id, _ := r.Resolve(ctx, k.Hash); !id.Revoked || b.calls.Load() != 2 {
+	if id, _ := r.Resolve(ctx, k.Hash); !id.Revoked || b.calls.Load() < 2 {
 		t.Fatalf("at TTL: revoked=%v reads=%d, want fresh read", id.Revoked, b.calls.Load())
+	}
+}
+
+// A key in use is read again in the background before it expires: no
+// request waits on the store when its entry would have expired.
+func TestResolver_RefreshesAheadOfExpiry(t *testing.T) {
+	store := openTemp(t)
+	k := createKey(t, store, "team_a", "user_a")
+	b := newTestBackend(store)
+	clock := newFakeClock()
+	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	ctx := context.Background()
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(7 * time.Second) // before the earliest refresh point (70%)
+	if _, err := r.Resolve(ctx, k.Hash); err != nil || b.calls.Load() != 1 {
+		t.Fatalf("before the refresh point: %v, %d reads, want 1", err, b.calls.Load())
+	}
+	clock.Advance(1600 * time.Millisecond) // past the latest (85%)
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return b.calls.Load() == 2 })
+	// The re-read stores its result just after reading: a generous pause
+	// (nothing observable marks the store) before the clock moves on.
+	time.Sleep(200 * time.Millisecond)
+	clock.Advance(2 * time.Second) // past the first read's TTL, within the re-read's
+	for range 10 {
+		if _, err := r.Resolve(ctx, k.Hash); err != nil || b.calls.Load() != 2 {
+			t.Fatalf("after the first TTL: %v, %d reads, want the re-read served", err, b.calls.Load())
+		}
+	}
+}
+
+func TestResolver_RefreshFindingTheKeyGoneStopsServingIt(t *testing.T) {
+	store := openTemp(t)
+	k := createKey(t, store, "team_a", "user_a")
+	b := newTestBackend(store)
+	clock := newFakeClock()
+	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	ctx := context.Background()
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatal(err)
+	}
+	b.store.Store(openTemp(t)) // the key is gone from the store
+	clock.Advance(9 * time.Second)
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatalf("the hit that starts the re-read: %v", err)
+	}
+	waitFor(t, func() bool {
+		_, err := r.Resolve(ctx, k.Hash)
+		return errors.Is(err, keystore.ErrNotFound)
+	})
+}
+
+// A re-read that began before an invalidation never brings the key back.
+func TestResolver_RefreshRacingInvalidationNeverResurrects(t *testing.T) {
+	store := openTemp(t)
+	k := createKey(t, store, "team_a", "user_a")
+	b := newTestBackend(store)
+	clock := newFakeClock()
+	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	ctx := context.Background()
+	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+		t.Fatal(err)
+	}
+	b.hold()
+	clock.Advance(9 * time.Second)
+	if id, err := r.Resolve(ctx, k.Hash); err != nil || id.Revoked {
+		t.Fatalf("the hit that starts the re-read: %+v, %v", id, err)
+	}
+	<-b.read // the re-read has read the key, still active
+	if _, err := store.RevokeKey(ctx, k.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r.Invalidate(k.Hash)
+	close(b.release)
+	for range 200 { // before, while and after the re-read stores what it read
+		if id, err := r.Resolve(ctx, k.Hash); err != nil || !id.Revoked {
+			t.Fatalf("after the revocation: %+v, %v; want revoked", id, err)
+		}
+		time.Sleep(100 * time.Microsecond)
 	}
 }
 
