@@ -163,8 +163,8 @@ func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock.Advance(10*time.Second - time.Nanosecond)
-	if id, _ := r.Resolve(ctx, k.Hash); id.Revoked || b.calls.Load() != 1 {
-		t.Fatalf("before TTL: revoked=%v reads=%d, want cached and 1", id.Revoked, b.calls.Load())
+	if id, _ := r.Resolve(ctx, k.Hash); id.Revoked {
+		t.Fatalf("before TTL: revoked=%v, want the cached identity", id.Revoked)
 	}
 	// That hit was past the refresh point: a re-read may be running. At
 	// the TTL, the answer is a fresh read either way.
