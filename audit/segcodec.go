@@ -27,6 +27,8 @@ import (
 const segmentVersion = 1
 
 // The string fields an event keeps in the table, in the format's order.
+// These numbers are stored (the order of a segment's indexes, and the kind
+// column of audit_refs): never reorder; a new field needs a new segmentVersion.
 const (
 	refType = iota
 	refKeyID

@@ -10,8 +10,9 @@ import (
 	"sync"
 )
 
-// SQLite keeps events in segments (segcodec.go): one row per written
-// batch, so an insert costs a blob instead of six B-trees per event. Three
+// SQLite keeps events in segments (segcodec.go): one row per written chunk
+// of up to segmentMaxEvents, so an insert costs a blob instead of six
+// B-trees per event. Three
 // tables:
 //
 //   - audit_segments: one small row per segment, for the scans: its time
@@ -47,16 +48,16 @@ var sqliteSegmentSchema = []string{
 }
 
 // refBucketSegments segments share one audit_refs bucket: under load a
-// segment is a full batch (thousands of events), so a bucket is a few
-// hundred thousand events and the refs cost well under one row per batch.
+// segment holds up to 1024 events, so a bucket is up to 262 k events and
+// the refs cost well under one row per segment.
 const refBucketSegments = 256
 
 // refKinds are the fields GET /admin/v1/audit filters on.
 var refKinds = [...]int{refTeamID, refKeyID, refUserID}
 
-// segmentMaxEvents bounds a segment, and so one write transaction, to
-// a couple of milliseconds of CPU: with GOMAXPROCS=1 the writer holds the only
-// core while it runs, and requests wait behind it.
+// segmentMaxEvents bounds a segment, and so one write transaction, to a
+// couple of milliseconds of CPU: with GOMAXPROCS=1 the writer holds the
+// only core while it runs, and requests wait behind it.
 const segmentMaxEvents = 1024
 
 // retryWindow segments are checked for a chunk written again: the pipeline
