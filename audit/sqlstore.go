@@ -170,7 +170,7 @@ func (s *SQLStore) migrate(ctx context.Context) error {
 func (s *SQLStore) Name() string { return "store" }
 
 // Write implements Sink. PostgreSQL stores the batch in one statement,
-// whole or not at all; SQLite in segments of up to 512 events, each whole.
+// whole or not at all; SQLite in segments of up to segmentMaxEvents, each whole.
 // Writing a batch again, as the pipeline does after an error, stores
 // nothing twice in either.
 func (s *SQLStore) Write(ctx context.Context, batch []Event) error {

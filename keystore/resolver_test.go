@@ -146,17 +146,24 @@ func TestNewResolver_RefusesSecondRegistrationOnOneRegistry(t *testing.T) {
 	}
 }
 
-func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
+// cachedKey is a key in a real store, read once through a resolver with a
+// 10 s TTL on a fake clock: its entry is cached, fresh.
+func cachedKey(t *testing.T) (*keystore.SQLite, keystore.Key, *testBackend, *fakeClock, *keystore.Resolver) {
+	t.Helper()
 	store := openTemp(t)
 	k := createKey(t, store, "team_a", "user_a")
 	b := newTestBackend(store)
 	clock := newFakeClock()
 	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
-
-	ctx := context.Background()
-	if _, err := r.Resolve(ctx, k.Hash); err != nil {
+	if _, err := r.Resolve(context.Background(), k.Hash); err != nil {
 		t.Fatal(err)
 	}
+	return store, k, b, clock, r
+}
+
+func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
+	store, k, b, clock, r := cachedKey(t)
+	ctx := context.Background()
 	// Revoked behind the resolver's back (an invalidation was missed): the
 	// cached identity is served until the TTL, never after.
 	if _, err := store.RevokeKey(ctx, k.ID, time.Now()); err != nil {
@@ -177,15 +184,8 @@ func TestResolver_EntryExpiresAfterTTL(t *testing.T) {
 // A key in use is read again in the background before it expires: no
 // request waits on the store when its entry would have expired.
 func TestResolver_RefreshesAheadOfExpiry(t *testing.T) {
-	store := openTemp(t)
-	k := createKey(t, store, "team_a", "user_a")
-	b := newTestBackend(store)
-	clock := newFakeClock()
-	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	_, k, b, clock, r := cachedKey(t)
 	ctx := context.Background()
-	if _, err := r.Resolve(ctx, k.Hash); err != nil {
-		t.Fatal(err)
-	}
 	clock.Advance(7 * time.Second) // before the earliest refresh point (70%)
 	if _, err := r.Resolve(ctx, k.Hash); err != nil || b.calls.Load() != 1 {
 		t.Fatalf("before the refresh point: %v, %d reads, want 1", err, b.calls.Load())
@@ -207,15 +207,8 @@ func TestResolver_RefreshesAheadOfExpiry(t *testing.T) {
 }
 
 func TestResolver_RefreshFindingTheKeyGoneStopsServingIt(t *testing.T) {
-	store := openTemp(t)
-	k := createKey(t, store, "team_a", "user_a")
-	b := newTestBackend(store)
-	clock := newFakeClock()
-	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	_, k, b, clock, r := cachedKey(t)
 	ctx := context.Background()
-	if _, err := r.Resolve(ctx, k.Hash); err != nil {
-		t.Fatal(err)
-	}
 	b.store.Store(openTemp(t)) // the key is gone from the store
 	clock.Advance(9 * time.Second)
 	if _, err := r.Resolve(ctx, k.Hash); err != nil {
@@ -229,15 +222,8 @@ func TestResolver_RefreshFindingTheKeyGoneStopsServingIt(t *testing.T) {
 
 // A re-read that began before an invalidation never brings the key back.
 func TestResolver_RefreshRacingInvalidationNeverResurrects(t *testing.T) {
-	store := openTemp(t)
-	k := createKey(t, store, "team_a", "user_a")
-	b := newTestBackend(store)
-	clock := newFakeClock()
-	r := newResolver(t, b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now})
+	store, k, b, clock, r := cachedKey(t)
 	ctx := context.Background()
-	if _, err := r.Resolve(ctx, k.Hash); err != nil {
-		t.Fatal(err)
-	}
 	b.hold()
 	clock.Advance(9 * time.Second)
 	if id, err := r.Resolve(ctx, k.Hash); err != nil || id.Revoked {

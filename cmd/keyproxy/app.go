@@ -53,7 +53,7 @@ type app struct {
 	auditFile *os.File
 	limiter   limiter
 	local     *ratelimit.Local
-	shared    *ratelimit.Redis // nil without Redis
+	shared    *ratelimit.Redis   // nil without Redis
 	stop      context.CancelFunc // ends background loops
 	reloads   *reloadMetrics
 }
