@@ -23,6 +23,9 @@ const DefaultSQLiteBusyTimeout = 5 * time.Second
 type SQLite struct {
 	db     *sql.DB
 	closed atomic.Bool
+	// resolve is prepared once: parsing and planning the join cost a
+	// third of a cache miss when done per call.
+	resolve *sql.Stmt
 }
 
 var _ Store = (*SQLite)(nil)
@@ -66,6 +69,10 @@ func openSQLite(ctx context.Context, path string, busyTimeout time.Duration) (*S
 		db.Close()
 		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
 	}
+	if s.resolve, err = db.PrepareContext(ctx, sqliteResolveQuery); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -85,6 +92,7 @@ func (s *SQLite) Ping(ctx context.Context) error {
 // Close closes the pool; later calls fail with ErrUnavailable.
 func (s *SQLite) Close() error {
 	s.closed.Store(true)
+	s.resolve.Close()
 	return s.db.Close()
 }
 

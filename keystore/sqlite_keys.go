@@ -218,6 +218,16 @@ func (s *SQLite) RevokeKey(ctx context.Context, id string, at time.Time) (Key, e
 	return k, err
 }
 
+// sqliteResolveQuery is answered from the covering indexes of migration 2.
+// INDEXED BY is needed: the planner would pick the UNIQUE constraints'
+// indexes (one row known) and then read the rows.
+const sqliteResolveQuery = `SELECT k.id, k.user_id, k.team_id, u.role, u.active, t.active,
+		u.team_id = k.team_id, k.revoked_at, k.expires_at
+	FROM keys k INDEXED BY keys_resolve
+		JOIN users u INDEXED BY users_resolve ON u.id = k.user_id
+		JOIN teams t INDEXED BY teams_resolve ON t.id = k.team_id
+	WHERE k.hash = ?`
+
 // Resolve returns what decides admission for a key hash.
 func (s *SQLite) Resolve(ctx context.Context, h Hash) (Identity, error) {
 	var (
@@ -225,10 +235,7 @@ func (s *SQLite) Resolve(ctx context.Context, h Hash) (Identity, error) {
 		revokedAt sql.NullInt64
 		expiresAt sql.NullInt64
 	)
-	err := s.db.QueryRowContext(ctx, `SELECT k.id, k.user_id, k.team_id, u.role, u.active, t.active,
-			u.team_id = k.team_id, k.revoked_at, k.expires_at
-		FROM keys k JOIN users u ON u.id = k.user_id JOIN teams t ON t.id = k.team_id
-		WHERE k.hash = ?`, h[:]).Scan(&id.KeyID, &id.UserID, &id.TeamID, &id.Role, &id.UserActive,
+	err := s.resolve.QueryRowContext(ctx, h[:]).Scan(&id.KeyID, &id.UserID, &id.TeamID, &id.Role, &id.UserActive,
 		&id.TeamActive, &id.SameTeam, &revokedAt, &expiresAt)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Identity{}, ErrNotFound

@@ -31,7 +31,8 @@ func Example() {
 	// configuration OK
 	// exit 0
 	//   migration 1 (teams, users, keys): applied
+	//   migration 2 (covering indexes for key resolution): applied
 	//   audit tables: created
-	// schema migrated to version 1
+	// schema migrated to version 2
 	// exit 0
 }

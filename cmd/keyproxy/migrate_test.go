@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -16,13 +17,14 @@ func TestMigrate_AppliesTheSchemaOnceThenHasNothingToDo(t *testing.T) {
 		env    func(t *testing.T) []string
 		driver string
 		where  string
+		steps  []string // the store's migrations, in order
 	}{
 		{"sqlite", func(t *testing.T) []string {
 			return []string{"KEYPROXY_STORE_DSN=" + filepath.Join(t.TempDir(), "kp.db")}
-		}, "sqlite", "sqlite store "},
+		}, "sqlite", "sqlite store ", []string{"migration 1 (teams, users, keys)", "migration 2 (covering indexes for key resolution)"}},
 		{"postgres", func(t *testing.T) []string {
 			return []string{"KEYPROXY_STORE_DRIVER=postgres", "KEYPROXY_STORE_DSN=" + testserver.NewPostgresDB(t)}
-		}, "pgx", "postgres store postgres@"},
+		}, "pgx", "postgres store postgres@", []string{"migration 1 (teams, users, keys)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -32,7 +34,12 @@ func TestMigrate_AppliesTheSchemaOnceThenHasNothingToDo(t *testing.T) {
 				t.Fatalf("first migrate: exit %d: %s", code, errOut)
 			}
 			lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-			want := []string{"", "  migration 1 (teams, users, keys): applied", "  audit tables: created", "schema migrated to version 1"}
+			version := strconv.Itoa(len(tt.steps))
+			want := []string{""}
+			for _, step := range tt.steps {
+				want = append(want, "  "+step+": applied")
+			}
+			want = append(want, "  audit tables: created", "schema migrated to version "+version)
 			if len(lines) != len(want) || !strings.HasPrefix(lines[0], tt.where) {
 				t.Fatalf("first migrate printed:\n%s", out)
 			}
@@ -46,9 +53,13 @@ func TestMigrate_AppliesTheSchemaOnceThenHasNothingToDo(t *testing.T) {
 			if code != exitOK {
 				t.Fatalf("second migrate: exit %d: %s", code, errOut)
 			}
-			if !strings.Contains(out, "migration 1 (teams, users, keys): already applied") ||
-				!strings.Contains(out, "audit tables: already present") ||
-				!strings.HasSuffix(out, "nothing to do: schema already at version 1\n") {
+			for _, step := range tt.steps {
+				if !strings.Contains(out, step+": already applied") {
+					t.Errorf("second migrate does not say %s is already applied:\n%s", step, out)
+				}
+			}
+			if !strings.Contains(out, "audit tables: already present") ||
+				!strings.HasSuffix(out, "nothing to do: schema already at version "+version+"\n") {
 				t.Errorf("second migrate printed:\n%s", out)
 			}
 
