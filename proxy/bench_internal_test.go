@@ -35,6 +35,7 @@ func BenchmarkAuthHotPath(b *testing.B) {
 			}
 			in := r.WithContext(e)
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: in.Clone(e)})
+			h.release(e)
 		}
 	})
 }

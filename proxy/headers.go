@@ -124,6 +124,15 @@ func (n *headerNames) forwardable(name string, trusted bool) bool {
 	return true
 }
 
+// copyForwardable copies the forwardable headers of src into dst.
+func (n *headerNames) copyForwardable(dst, src http.Header, trusted bool) {
+	for k, v := range src {
+		if n.forwardable(k, trusted) {
+			dst[k] = v
+		}
+	}
+}
+
 // strip deletes the headers that are not forwardable. Deleting in place
 // beats copying into a presized map: the growth this saves costs fewer
 // allocations than a new map of that size.
@@ -156,11 +165,16 @@ func filterUpgrade(h http.Header) {
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	e := exchangeFrom(pr.In.Context())
 	pr.SetURL(h.upstream)
-	out := pr.Out.Header
-	h.names.strip(out, e != nil && e.trusted)
 	if e == nil { // not reached through ServeHTTP: forward no identity
+		h.names.strip(pr.Out.Header, false)
 		return
 	}
+	// The request copy's header map was sized for the client's headers and
+	// would grow (three allocations and a rehash) to take ours; a pooled
+	// map that has grown before takes them all.
+	out := h.outHeaders.get()
+	h.names.copyForwardable(out, pr.Out.Header, e.trusted)
+	pr.Out.Header, e.outHeader = out, out
 	h.setForwarded(pr, e)
 	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = e.id.UserID, e.id.TeamID, e.id.Role, e.id.KeyID
 	out[h.names.userID] = e.one(hvUserID)

@@ -99,6 +99,7 @@ func BenchmarkHotPath(b *testing.B) {
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: out})
 			res.Header, res.Request = http.Header{}, out
 			_ = h.modifyResponse(res)
+			h.release(e)
 		}
 	})
 	b.Run("request copy", func(b *testing.B) {

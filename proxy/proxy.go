@@ -133,6 +133,8 @@ type Handler struct {
 	problems problems
 	rp       *httputil.ReverseProxy
 	m        *metrics
+
+	outHeaders headerPool
 }
 
 // New checks cfg and prepares a Handler.

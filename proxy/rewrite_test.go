@@ -195,3 +195,57 @@ func FuzzKeyAdmission(f *testing.F) {
 		}
 	})
 }
+
+// The outbound header maps are recycled: no header of one request may
+// reach the backend with another, one after the other or at once.
+func TestRecycledHeaderMapsCarryNothingOver(t *testing.T) {
+	var mu sync.Mutex
+	var leaks []string
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		own := r.Header.Get("X-Own")
+		for name := range r.Header {
+			if strings.HasPrefix(name, "X-Only-") && name != http.CanonicalHeaderKey("X-Only-"+own) {
+				mu.Lock()
+				leaks = append(leaks, name+" reached the request of "+own)
+				mu.Unlock()
+			}
+		}
+		if r.Header.Get("X-Wevion-User-Id") != testIdentity.UserID {
+			mu.Lock()
+			leaks = append(leaks, "request "+own+" lost its identity headers")
+			mu.Unlock()
+		}
+	}))
+	defer backend.Close()
+	u, _ := url.Parse(backend.URL)
+	h, key := newTestHandler(t, nil)
+	h.upstream = u
+	defer h.CloseIdleConnections()
+
+	send := func(i int) {
+		own := strings.Repeat("x", i%7) + string(rune('a'+i%26))
+		r := httptest.NewRequest("GET", "http://proxy.example/v1/x", nil)
+		r.Header.Set("Authorization", "Bearer "+key)
+		r.Header.Set("X-Own", own)
+		r.Header.Set("X-Only-"+own, "1")
+		for j := range i % 20 { // maps of every size, some past the pooled limit
+			r.Header.Set("X-Filler-"+string(rune('a'+j)), "1")
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != http.StatusOK {
+			t.Errorf("request %d: status %d", i, w.Code)
+		}
+	}
+	for i := range 60 {
+		send(i)
+	}
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() { send(i) })
+	}
+	wg.Wait()
+	if len(leaks) > 0 {
+		t.Fatalf("%d leaks, first: %s", len(leaks), leaks[0])
+	}
+}
