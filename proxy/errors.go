@@ -138,8 +138,11 @@ func (h *Handler) refuse(w http.ResponseWriter, e *exchange, p *preparedProblem)
 }
 
 // modifyResponse runs on the backend's answer before it is copied: it
-// stamps the request id and rate-limit headers, replacing any the backend
-// sent so the client sees one of each.
+// stamps the request id and rate-limit headers and drops any the backend
+// sent, so the client sees one of each. Ours go straight into the client's
+// header map, to which the ReverseProxy then adds the backend's: set on
+// the backend's map they would grow it past its first eight entries and
+// be copied a second time.
 func (h *Handler) modifyResponse(res *http.Response) error {
 	e := exchangeFrom(res.Request.Context())
 	if e == nil {
@@ -147,8 +150,12 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 	}
 	h.m.upstream.Observe(time.Since(e.upstreamStart).Seconds())
 	e.status = res.StatusCode
-	res.Header["X-Request-Id"] = e.one(hvRequestID)
-	h.writeRateLimit(res.Header, e)
+	out := e.w.Header()
+	out["X-Request-Id"] = e.one(hvRequestID)
+	h.writeRateLimit(out, e)
+	for name := range out {
+		delete(res.Header, name)
+	}
 	return nil
 }
 

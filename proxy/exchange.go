@@ -44,8 +44,9 @@ type exchange struct {
 	context.Context // the inbound request's
 
 	req           *http.Request
-	start         time.Time // monotonic, for durations
-	now           time.Time // Config.Now at the start, for checks and events
+	w             http.ResponseWriter // the client's, for modifyResponse
+	start         time.Time           // monotonic, for durations
+	now           time.Time           // Config.Now at the start, for checks and events
 	upstreamStart time.Time
 	requestID     string
 	peer          string // the peer's IP as written in RemoteAddr

@@ -88,16 +88,22 @@ func BenchmarkHotPath(b *testing.B) {
 	r := benchRequest(key)
 	b.Run("auth+limit+rewrite", func(b *testing.B) {
 		b.ReportAllocs()
-		res := &http.Response{}
+		// The backend's response header, and the client's header map
+		// (the server's, reused as a server reuses nothing: it is the
+		// same cost for a bare proxy).
+		res := &http.Response{Header: http.Header{"Content-Type": {"application/json"}, "Content-Length": {"11"}}}
+		w := &nopWriter{h: http.Header{}}
 		for b.Loop() {
+			clear(w.h)
 			e := h.begin(r)
 			if p := h.admit(e); p != nil {
 				b.Fatalf("refused: %d", p.status)
 			}
+			e.w = w
 			in := r.WithContext(e)
 			out := in.Clone(e)
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: out})
-			res.Header, res.Request = http.Header{}, out
+			res.Request = out
 			_ = h.modifyResponse(res)
 			h.release(e)
 		}

@@ -233,7 +233,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.body = bodyReader{rc: r.Body, e: e}
 		r.Body = &e.body
 	}
-	e.upstreamStart = time.Now()
+	e.w, e.upstreamStart = w, time.Now()
 	h.rp.ServeHTTP(w, r.WithContext(e))
 }
 

@@ -114,6 +114,8 @@ func TestRateLimitHeadersOnAdmittedResponses(t *testing.T) {
 	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = allowAll(), testRateLimitHeaders })
 	e.up.handle(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("RateLimit-Remaining", "999") // the backend's own, replaced by ours
+		w.Header().Set("X-Request-Id", "backend-made-this-up")
+		w.Header().Set("X-Backend", "kept")
 		w.WriteHeader(http.StatusCreated)
 	})
 	res, _ := e.do(t, "POST", "/v1/things", [][2]string{bearer(e.validKey)})
@@ -125,6 +127,12 @@ func TestRateLimitHeadersOnAdmittedResponses(t *testing.T) {
 	}
 	if got := res.Header.Values("Ratelimit-Limit"); len(got) != 1 || got[0] != "10" {
 		t.Errorf("RateLimit-Limit = %q, want [10]", got)
+	}
+	if got := res.Header.Values("X-Request-Id"); len(got) != 1 || got[0] == "backend-made-this-up" {
+		t.Errorf("X-Request-Id = %q, want our id alone", got)
+	}
+	if got := res.Header.Get("X-Backend"); got != "kept" {
+		t.Errorf("X-Backend = %q, want the backend's header passed on", got)
 	}
 	// A refusal before the limiter was asked carries no rate-limit headers.
 	res, _ = e.do(t, "GET", "/", nil)
