@@ -70,8 +70,9 @@ func newSegmentEncoder() *segmentEncoder {
 	return &segmentEncoder{index: make(map[string]uint64)}
 }
 
-// encode returns the segment of batch; the result is valid until the next call.
-func (enc *segmentEncoder) encode(batch []Event) []byte {
+// encode returns the segment of batch; the result is valid until the next
+// call. y, when not nil, paces the encoding between events.
+func (enc *segmentEncoder) encode(batch []Event, y *yielder) []byte {
 	clear(enc.index)
 	enc.strs, enc.kinds = enc.strs[:0], enc.kinds[:0]
 	enc.last, enc.lastIdx = [numRefs]string{}, [numRefs]uint64{}
@@ -93,6 +94,9 @@ func (enc *segmentEncoder) encode(batch []Event) []byte {
 		}
 		b = binary.AppendVarint(b, int64(e.Status))
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.DurationMS))
+		if y != nil {
+			y.step()
+		}
 	}
 	enc.events = b
 

@@ -40,7 +40,7 @@ func TestSegmentRoundTrip(t *testing.T) {
 	enc := newSegmentEncoder()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := decodeAll(t, enc.encode(tt.batch))
+			got := decodeAll(t, enc.encode(tt.batch, nil))
 			if !reflect.DeepEqual(got, tt.batch) {
 				t.Fatalf("got  %+v\nwant %+v", got, tt.batch)
 			}
@@ -51,7 +51,7 @@ func TestSegmentRoundTrip(t *testing.T) {
 			{ID: "a", KeyID: "k1", UserID: "u1", TeamID: "t1", Path: "k2"},
 			{ID: "b", KeyID: "k2", UserID: "u1", TeamID: "t1"},
 			{ID: "c", KeyID: "u1", Actor: "t2"},
-		})
+		}, nil)
 		got := map[string]int{}
 		enc.refs(func(kind int, v string) { got[fmt.Sprint(kind, v)]++ })
 		want := map[string]int{
@@ -65,7 +65,7 @@ func TestSegmentRoundTrip(t *testing.T) {
 }
 
 func TestReadSegment_RejectsDamage(t *testing.T) {
-	data := newSegmentEncoder().encode(storeFixture(time.Unix(1700000000, 0)))
+	data := newSegmentEncoder().encode(storeFixture(time.Unix(1700000000, 0)), nil)
 	for _, bad := range [][]byte{nil, {}, {9}, data[:len(data)-1], append(append([]byte(nil), data...), 0)} {
 		r, err := readSegment(bad)
 		if err != nil {
@@ -80,8 +80,8 @@ func TestReadSegment_RejectsDamage(t *testing.T) {
 // FuzzReadSegment: a damaged blob gives an error, never a panic or a
 // huge allocation; a blob that reads back encodes to itself.
 func FuzzReadSegment(f *testing.F) {
-	f.Add(newSegmentEncoder().encode(storeFixture(time.Unix(1700000000, 0))))
-	f.Add(newSegmentEncoder().encode([]Event{fullEvent()}))
+	f.Add(newSegmentEncoder().encode(storeFixture(time.Unix(1700000000, 0)), nil))
+	f.Add(newSegmentEncoder().encode([]Event{fullEvent()}, nil))
 	f.Add([]byte{segmentVersion, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := readSegment(data)
@@ -92,7 +92,7 @@ func FuzzReadSegment(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again := decodeAll(t, newSegmentEncoder().encode(events))
+		again := decodeAll(t, newSegmentEncoder().encode(events, nil))
 		if len(again) != len(events) || (len(events) > 0 && !reflect.DeepEqual(again, events)) {
 			t.Fatalf("re-encoding changed the events:\n%+v\n%+v", events, again)
 		}

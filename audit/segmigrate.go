@@ -40,7 +40,7 @@ func (s *SQLStore) migrateRowsToSegments(ctx context.Context, tx *sql.Tx) error 
 		}
 		last := batch[len(batch)-1]
 		lastT, lastID = last.Time.UnixMicro(), last.ID
-		seq, err := appendSegment(ctx, tx, enc, batch, false)
+		seq, err := appendSegment(ctx, tx, enc.encode(batch, nil), batch, false)
 		if err != nil {
 			return err
 		}

@@ -94,27 +94,30 @@ func (s *SQLStore) writeSegments(ctx context.Context, batch []Event) error {
 	w := s.seg
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	y := newYielder()
 	for len(batch) > 0 {
 		chunk := batch[:min(len(batch), segmentMaxEvents)]
 		batch = batch[len(chunk):]
-		if err := s.writeSegment(ctx, chunk); err != nil {
+		if err := s.writeSegment(ctx, chunk, &y); err != nil {
 			return err
 		}
-		if len(batch) > 0 {
-			yield()
-		}
+		y.pauseIfDue()
 	}
 	return nil
 }
 
-func (s *SQLStore) writeSegment(ctx context.Context, batch []Event) error {
+// writeSegment encodes batch, pacing itself, before its transaction
+// begins: the write lock is then held only for the inserts.
+func (s *SQLStore) writeSegment(ctx context.Context, batch []Event, y *yielder) error {
 	w := s.seg
+	data := w.enc.encode(batch, y)
+	y.pauseIfDue()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback() }()
-	seq, err := appendSegment(ctx, tx, w.enc, batch, true)
+	seq, err := appendSegment(ctx, tx, data, batch, true)
 	if err != nil || seq == 0 {
 		return err
 	}
@@ -146,11 +149,12 @@ func (s *SQLStore) writeSegment(ctx context.Context, batch []Event) error {
 	return err
 }
 
-// appendSegment stores batch as the newest segment and returns its seq.
+// appendSegment stores batch, encoded as data, as the newest segment and
+// returns its seq.
 // With retry, it first looks for batch among the newest segments (the
 // pipeline writing again a batch some or all of whose chunks did commit)
 // and returns 0 when it is there.
-func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch []Event, retry bool) (int64, error) {
+func appendSegment(ctx context.Context, tx *sql.Tx, data []byte, batch []Event, retry bool) (int64, error) {
 	minT, maxT := int64(math.MaxInt64), int64(math.MinInt64)
 	for i := range batch {
 		t := batch[i].Time.UnixMicro()
@@ -196,7 +200,7 @@ func appendSegment(ctx context.Context, tx *sql.Tx, enc *segmentEncoder, batch [
 	if err != nil {
 		return 0, err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_segment_data (seq, data) VALUES (?, ?)`, seq, enc.encode(batch)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_segment_data (seq, data) VALUES (?, ?)`, seq, data); err != nil {
 		return 0, err
 	}
 	return seq, nil
@@ -306,7 +310,7 @@ func (s *SQLStore) purgeSegmentChunk(ctx context.Context, cutoff int64) (deleted
 			minT, maxT, len(k.events), k.events[0].ID, k.events[len(k.events)-1].ID, k.seq); err != nil {
 			return 0, false, err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE audit_segment_data SET data = ? WHERE seq = ?`, enc.encode(k.events), k.seq); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE audit_segment_data SET data = ? WHERE seq = ?`, enc.encode(k.events, nil), k.seq); err != nil {
 			return 0, false, err
 		}
 	}

@@ -2,17 +2,54 @@ package audit
 
 import "time"
 
-// yieldEvery events, a sink writing a large batch lets requests run: a
-// runtime trace showed the log sink taking 2.9 ms for 256 events on a slow
-// machine, so 32 keeps each run near a third of a millisecond.
-const yieldEvery = 32
+// A sink's writer pauses once it has run yieldAfter since its last pause.
+// A budget of time rather than a count of events keeps each run short on
+// a slow machine and spares a fast one needless pauses: the log sink
+// encodes an event in about a microsecond on a quiet core but took 11 µs
+// on a loaded one (a runtime trace showed 2.9 ms per 256 events).
+const (
+	yieldAfter = 200 * time.Microsecond
+	yieldPause = 20 * time.Microsecond
+	// yieldCheckEvery steps the clock is read, not on every one.
+	yieldCheckEvery = 8
+)
 
-// yield pauses a sink's writer briefly between chunks of a batch. With
-// GOMAXPROCS=1 (one core per proxy) a writer encoding thousands of events
-// holds the only P for milliseconds, and requests whose sockets became
-// readable meanwhile wait: the scheduler polls the network only when it
-// runs out of runnable goroutines, so runtime.Gosched would hand the P
-// straight back to the writer. Parking on a timer empties the run queue,
-// the scheduler polls, and the waiting requests go first. The pause
-// delays only the audit write, which is asynchronous.
-func yield() { time.Sleep(20 * time.Microsecond) }
+// yielder paces one Write call of a sink. With GOMAXPROCS=1 (one core per
+// proxy) a writer encoding thousands of events holds the only P for
+// milliseconds, and requests whose sockets became readable meanwhile wait:
+// the scheduler polls the network only when it runs out of runnable
+// goroutines, so runtime.Gosched would hand the P straight back to the
+// writer. Parking on a timer empties the run queue, the scheduler polls,
+// and the waiting requests go first. The pause delays only the audit
+// write, which is asynchronous. It lasts longer than yieldPause when the
+// process is idle (the runtime's network poll waits in whole
+// milliseconds), which then costs nothing but the writer's time.
+type yielder struct {
+	since time.Time
+	steps int
+	sleep func(time.Duration) // time.Sleep; tests count the pauses
+	now   func() time.Time
+}
+
+func newYielder() yielder {
+	return yielder{since: time.Now(), sleep: time.Sleep, now: time.Now}
+}
+
+// step is called after each unit of work (an event, a segment) and pauses
+// when the budget is spent.
+func (y *yielder) step() {
+	y.steps++
+	if y.steps%yieldCheckEvery != 0 {
+		return
+	}
+	y.pauseIfDue()
+}
+
+// pauseIfDue checks the budget now, for work that comes in large units.
+func (y *yielder) pauseIfDue() {
+	if y.now().Sub(y.since) < yieldAfter {
+		return
+	}
+	y.sleep(yieldPause)
+	y.since = y.now()
+}
