@@ -8,10 +8,12 @@
 #
 # 1. installs wrk and redis-server with apt-get when missing (without wrk the
 #    built-in Go generator is used instead);
-# 2. builds keyproxy and bench/cmd/loadbench, then runs the side-by-side load
-#    benchmark: a bare httputil.ReverseProxy and keyproxy (single node, with
-#    and without its logs, and with Redis) in front of the same backend,
-#    pinned to their own core, alternating round by round;
+# 2. builds keyproxy and bench/cmd/loadbench, unpacks Debian's nginx when it
+#    is not installed, then runs the side-by-side load benchmark: a bare
+#    httputil.ReverseProxy, keyproxy (single node, with and without its logs,
+#    and with Redis) and nginx auth_request with a Go key-check service, in
+#    front of the same backend, pinned to their own core, alternating round
+#    by round;
 # 3. runs the key store benchmark: Resolve on a cache miss with 1 k and 1 M
 #    keys in SQLite (and PostgreSQL when KEYPROXY_TEST_POSTGRES_DSN is set),
 #    and the memory a cached key takes.
@@ -36,8 +38,17 @@ go build -o "$bin/keyproxy" ./cmd/keyproxy
 go build -o "$bin/loadbench" ./bench/cmd/loadbench
 
 args=()
+# nginx for the stretch comparison: Debian's binary unpacked here, not
+# installed, so no service starts on port 80.
+if ! command -v nginx >/dev/null 2>&1; then
+	if (cd "$bin" && apt-get download -qq nginx >/dev/null 2>&1 && dpkg -x nginx_*.deb nginx-root) && [[ -x "$bin/nginx-root/usr/sbin/nginx" ]]; then
+		args+=(-nginx "$bin/nginx-root/usr/sbin/nginx")
+	else
+		echo "run.sh: could not unpack Debian's nginx; the nginx-auth comparison is left out" >&2
+	fi
+fi
 if [[ -n "${QUICK:-}" ]]; then
-	args=(-rounds 1 -duration 4s -latency-duration 4s -warmup 2s)
+	args+=(-rounds 1 -duration 4s -latency-duration 4s -warmup 2s)
 fi
 "$bin/loadbench" run -keyproxy "$bin/keyproxy" "${args[@]}" "$@"
 

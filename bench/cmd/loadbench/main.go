@@ -4,6 +4,9 @@
 //	loadbench upstream -listen   the fast backend every proxy forwards to
 //	loadbench bare -listen -upstream
 //	                             a bare httputil.ReverseProxy: the ceiling
+//	loadbench keycheck -listen -db -keys-out
+//	                             the Go key-check service behind nginx's
+//	                             auth_request: the stretch comparison
 //
 // run starts the backend, the bare proxy and keyproxy (single node, then
 // with Redis) as separate processes, the proxies pinned to one core with
@@ -30,6 +33,8 @@ func main() {
 		err = upstreamCmd(args)
 	case "bare":
 		err = bareCmd(args)
+	case "keycheck":
+		err = keycheckCmd(args)
 	default:
 		usage()
 	}
@@ -40,6 +45,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadbench run|upstream|bare [flags] (-h for flags)")
+	fmt.Fprintln(os.Stderr, "usage: loadbench run|upstream|bare|keycheck [flags] (-h for flags)")
 	os.Exit(2)
 }

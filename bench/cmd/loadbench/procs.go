@@ -106,8 +106,10 @@ func (p *proc) tail(n int) string {
 
 // cpuTime is the CPU the process has used (user + system), from
 // /proc/PID/stat in clock ticks (100 per second on Linux).
-func (p *proc) cpuTime() (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid()))
+func (p *proc) cpuTime() (time.Duration, error) { return pidCPU(p.pid()) }
+
+func pidCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
 	}

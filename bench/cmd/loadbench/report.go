@@ -22,6 +22,9 @@ func (b *bench) measure(ctx context.Context, w io.Writer) error {
 	fmt.Fprintf(w, "load: %d keys of %d users (10 per team), GET /v1/projects/42, %d keep-alive connections; per-user limit %d/min (every request decided by the limiter, none refused)\n",
 		o.keys, o.keys, o.conns, o.perUser)
 	fmt.Fprintf(w, "method: %d rounds; each round runs every target in turn; ratios are to the bare proxy of the same round, the median of rounds is reported\n", o.rounds)
+	if b.nginxOff != "" {
+		fmt.Fprintln(w, "nginx-auth not measured:", b.nginxOff)
+	}
 	if b.redisOff != "" {
 		fmt.Fprintln(w, "Redis mode not measured:", b.redisOff)
 	}
@@ -113,8 +116,14 @@ const minHeld = 0.97
 // half the bare peak.
 func printTargets(w io.Writer, ts []*target) {
 	fmt.Fprintln(w, "\ntargets (DESIGN.md, \"Performance targets\")")
+	var pair *target
 	for _, t := range ts {
-		if t.name == "bare" {
+		if t.pair != nil {
+			pair = t
+		}
+	}
+	for _, t := range ts {
+		if t.name == "bare" || t.pair != nil {
 			continue
 		}
 		want := 0.90
@@ -131,6 +140,32 @@ func printTargets(w io.Writer, ts []*target) {
 		}
 		fmt.Fprintf(w, "  %-17s throughput %.3f of bare (target ≥ %.2f): %s; added p99 %s\n",
 			t.name, ratio, want, verdict(ratio >= want), latency)
+	}
+	if pair != nil {
+		printStretch(w, ts, pair)
+	}
+}
+
+// printStretch compares each single-node keyproxy with the nginx pair,
+// round by round: the stretch target is at least the pair's throughput.
+func printStretch(w io.Writer, ts []*target, pair *target) {
+	fmt.Fprintf(w, "stretch: at least the throughput of %s (%.3f of bare)\n", pair.name,
+		median(collect(pair.thr, func(m measurement) float64 { return m.ratio })))
+	for _, t := range ts {
+		if t.name == "bare" || t.pair != nil || len(t.extra) > 0 {
+			continue
+		}
+		var rs []float64
+		for r := range min(len(t.thr), len(pair.thr)) {
+			if p := pair.thr[r].res.Throughput(); p > 0 {
+				rs = append(rs, t.thr[r].res.Throughput()/p)
+			}
+		}
+		if len(rs) == 0 {
+			continue
+		}
+		x := median(rs)
+		fmt.Fprintf(w, "  %-17s %.3f × %s: %s\n", t.name, x, pair.name, verdict(x >= 1))
 	}
 }
 

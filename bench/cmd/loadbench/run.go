@@ -38,6 +38,7 @@ type options struct {
 	perUser    int
 	only       string
 	env        string
+	nginx      string
 }
 
 // target is one proxy under test.
@@ -46,6 +47,7 @@ type target struct {
 	addr       string
 	proc       *proc
 	extra      []*proc // processes whose CPU counts toward the target (redis-server)
+	pair       *proc   // nginx-auth's key-check service, on the proxy's core
 	keys       []string
 	adminURL   string
 	thr, lat   []measurement
@@ -84,6 +86,7 @@ func runCmd(args []string) error {
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (logs, databases)")
 	fs.IntVar(&o.perUser, "per-user-limit", 600_000, "rate limit per user per minute: generous, so the limiter decides every request but refuses none")
 	fs.StringVar(&o.only, "only", "", "comma-separated target names to run (default: all)")
+	fs.StringVar(&o.nginx, "nginx", "", "nginx binary for the nginx-auth comparison (default: nginx on PATH; none: the target is left out)")
 	fs.StringVar(&o.env, "env", "", "space-separated KEYPROXY_NAME=value settings added to every keyproxy target (to measure a setting)")
 	_ = fs.Parse(args)
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
@@ -140,6 +143,7 @@ type bench struct {
 	upAddr   string
 	redis    *proc
 	redisOff string // why Redis mode is not measured
+	nginxOff string // why the nginx pair is not measured
 	targets  []*target
 	gen      generator
 	procs    []*proc
@@ -248,6 +252,11 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 		if v.redis {
 			t.extra = []*proc{b.redis}
+		}
+	}
+	if want("nginx-auth") {
+		if err := b.startNginx(ctx); err != nil {
+			return err
 		}
 	}
 	if len(b.targets) == 0 {
@@ -377,7 +386,7 @@ func (b *bench) once(ctx context.Context, gen generator, t *target, d time.Durat
 	proxyCore, _ := strconv.Atoi(strings.SplitN(b.o.proxyCPUs, ",", 2)[0])
 	genCore, _ := strconv.Atoi(strings.SplitN(b.o.genCPUs, ",", 2)[0])
 	cores0, _ := readCores()
-	cpu0, _ := t.proc.cpuTime()
+	cpu0, _ := t.cpuTime()
 	extra0 := extraCPU(t)
 	log0 := fileSize(t.proc.log)
 	res, err := gen.run(ctx, t.addr, t.keys, d)
@@ -385,7 +394,7 @@ func (b *bench) once(ctx context.Context, gen generator, t *target, d time.Durat
 		return measurement{}, fmt.Errorf("%s: %w", t.name, err)
 	}
 	cores1, _ := readCores()
-	cpu1, _ := t.proc.cpuTime()
+	cpu1, _ := t.cpuTime()
 	m := measurement{res: res}
 	if res.Requests > 0 {
 		n := time.Duration(res.Requests)

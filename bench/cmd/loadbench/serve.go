@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/wevion/keyproxy/bench/upstream"
 )
@@ -50,11 +51,16 @@ func bareCmd(args []string) error {
 		},
 		Transport: tr,
 	}
-	ln, err := net.Listen("tcp", *listen)
+	return serveUntilSignal(*listen, rp)
+}
+
+// serveUntilSignal serves h on addr until SIGTERM or SIGINT.
+func serveUntilSignal(addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: rp}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		waitForSignal()
 		_ = srv.Close()
