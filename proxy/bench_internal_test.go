@@ -35,7 +35,6 @@ func BenchmarkAuthHotPath(b *testing.B) {
 			}
 			in := r.WithContext(e)
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: in.Clone(e)})
-			h.release(e)
 		}
 	})
 }

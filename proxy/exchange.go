@@ -59,10 +59,9 @@ type exchange struct {
 	limited       bool // rl holds a limiter decision
 	throttleWait  time.Duration
 
-	outcome   outcome
-	status    int
-	hv        [hvLen]string
-	outHeader http.Header // the outbound request's, from Handler.outHeaders
+	outcome outcome
+	status  int
+	hv      [hvLen]string
 
 	// body wraps the request body so a read error (a malformed chunk, a
 	// client that stops mid-body) is known to be the client's, not the
@@ -109,7 +108,6 @@ func (e *exchange) one(i int) []string { return e.hv[i : i+1 : i+1] }
 // finish records the request once, whatever path it took (including the
 // ReverseProxy's abort panic when a response body copy fails).
 func (h *Handler) finish(e *exchange) {
-	h.release(e)
 	h.m.inFlight.Dec()
 	d := time.Since(e.start)
 	h.m.observe(e.outcome, e.status, d)
@@ -128,15 +126,6 @@ func (h *Handler) finish(e *exchange) {
 	}
 	if h.recorder != nil {
 		h.recorder.Record(h.event(e, d))
-	}
-}
-
-// release returns what the exchange borrowed from the handler's pools; the
-// ReverseProxy must be done with the request.
-func (h *Handler) release(e *exchange) {
-	if e.outHeader != nil {
-		h.outHeaders.put(e.outHeader)
-		e.outHeader = nil
 	}
 }
 

@@ -159,6 +159,10 @@ func filterUpgrade(h http.Header) {
 	delete(h, "Http2-Settings")
 }
 
+// addedHeaders is how many headers rewrite sets: four identity headers,
+// X-Request-Id and X-Forwarded-For, -Host and -Proto.
+const addedHeaders = 8
+
 // rewrite is the ReverseProxy's Rewrite hook. It runs after hop-by-hop
 // headers (and any named in Connection) and the client's X-Forwarded-* were
 // removed, so nothing set here can be stripped by the client.
@@ -170,11 +174,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		return
 	}
 	// The request copy's header map was sized for the client's headers and
-	// would grow (three allocations and a rehash) to take ours; a pooled
-	// map that has grown before takes them all.
-	out := h.outHeaders.get()
+	// would grow (three allocations and a rehash) to take ours: a map sized
+	// for both costs less. It is never reused: after a cancelled round
+	// trip the transport may still be reading the one it was given.
+	out := make(http.Header, len(pr.Out.Header)+addedHeaders)
 	h.names.copyForwardable(out, pr.Out.Header, e.trusted)
-	pr.Out.Header, e.outHeader = out, out
+	pr.Out.Header = out
 	h.setForwarded(pr, e)
 	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = e.id.UserID, e.id.TeamID, e.id.Role, e.id.KeyID
 	out[h.names.userID] = e.one(hvUserID)

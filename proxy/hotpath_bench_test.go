@@ -105,7 +105,6 @@ func BenchmarkHotPath(b *testing.B) {
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: out})
 			res.Request = out
 			_ = h.modifyResponse(res)
-			h.release(e)
 		}
 	})
 	b.Run("request copy", func(b *testing.B) {

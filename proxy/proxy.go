@@ -133,8 +133,6 @@ type Handler struct {
 	problems problems
 	rp       *httputil.ReverseProxy
 	m        *metrics
-
-	outHeaders headerPool
 }
 
 // New checks cfg and prepares a Handler.

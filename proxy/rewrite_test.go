@@ -196,9 +196,10 @@ func FuzzKeyAdmission(f *testing.F) {
 	})
 }
 
-// The outbound header maps are recycled: no header of one request may
-// reach the backend with another, one after the other or at once.
-func TestRecycledHeaderMapsCarryNothingOver(t *testing.T) {
+// The outbound header map is built for each request: no header of one
+// request may reach the backend with another, one after the other or at
+// once, whatever the number of headers.
+func TestOutboundHeadersNeverCrossRequests(t *testing.T) {
 	var mu sync.Mutex
 	var leaks []string
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

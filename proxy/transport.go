@@ -58,28 +58,3 @@ func (b *bufferPool) Put(buf []byte) {
 	}
 	b.p.Put((*[copyBufferSize]byte)(buf[:copyBufferSize]))
 }
-
-// headerPool recycles the outbound requests' header maps. A map goes back
-// when ServeHTTP returns: by then the transport has written the request's
-// header (it does so before it reads a response) and the ReverseProxy is
-// done with the request.
-type headerPool struct{ p sync.Pool }
-
-// maxPooledHeaders keeps a request with very many headers from leaving a
-// large map in the pool, which every later clear would walk.
-const maxPooledHeaders = 32
-
-func (hp *headerPool) get() http.Header {
-	if m, ok := hp.p.Get().(http.Header); ok {
-		return m
-	}
-	return make(http.Header, 16)
-}
-
-func (hp *headerPool) put(m http.Header) {
-	if len(m) > maxPooledHeaders {
-		return
-	}
-	clear(m)
-	hp.p.Put(m)
-}
