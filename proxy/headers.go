@@ -133,9 +133,9 @@ func (n *headerNames) copyForwardable(dst, src http.Header, trusted bool) {
 	}
 }
 
-// strip deletes the headers that are not forwardable. Deleting in place
-// beats copying into a presized map: the growth this saves costs fewer
-// allocations than a new map of that size.
+// strip deletes the headers that are not forwardable, in place: for a
+// request that reaches rewrite without an exchange, which gets no headers
+// of ours and so needs no larger map.
 func (n *headerNames) strip(h http.Header, trusted bool) {
 	for k := range h {
 		if !n.forwardable(k, trusted) {
