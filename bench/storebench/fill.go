@@ -96,6 +96,11 @@ func Fill(ctx context.Context, db *sql.DB, d Dialect, from, to int) error {
 		if _, err := db.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
 			return fmt.Errorf("storebench: checkpoint: %w", err)
 		}
+	} else {
+		// As autovacuum would: statistics and a visibility map.
+		if _, err := db.ExecContext(ctx, `VACUUM ANALYZE teams, users, keys`); err != nil {
+			return fmt.Errorf("storebench: vacuum: %w", err)
+		}
 	}
 	return nil
 }
