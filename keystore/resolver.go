@@ -383,11 +383,12 @@ func stripe(h Hash) int { return int(binary.LittleEndian.Uint16(h[:2]) % genStri
 // injected clock, expired entries are dropped as they are read.
 type funcClock func() time.Time
 
-func (c funcClock) NowNano() int64 { return c().UnixNano() }
+func (c funcClock) NowNano() int64                      { return c().UnixNano() }
+func (c funcClock) Tick(time.Duration) <-chan time.Time { return nil }
 
-// preciseClock is otter's default clock, named so the resolver can read it too.
+// preciseClock is otter's default clock, named so the resolver can read
+// it too. It is never handed to otter, so Tick is not called.
 type preciseClock struct{}
 
 func (preciseClock) NowNano() int64                        { return time.Now().UnixNano() }
 func (preciseClock) Tick(d time.Duration) <-chan time.Time { return time.Tick(d) }
-func (c funcClock) Tick(time.Duration) <-chan time.Time    { return nil }
