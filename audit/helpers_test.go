@@ -156,7 +156,10 @@ var testDBs = []testDB{
 }
 
 // openSQLite opens a fresh database file the way the keystore opens its
-// own: WAL, immediate transactions, a busy timeout.
+// own: WAL, immediate transactions, a busy timeout, and one connection
+// first (the keystore's Ping). That one turns the new file to WAL; several
+// connections doing it at once get SQLITE_BUSY without the busy handler,
+// which once failed the concurrent-migration test.
 func openSQLite(t testing.TB) *sql.DB {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "audit.db")
@@ -165,6 +168,9 @@ func openSQLite(t testing.TB) *sql.DB {
 		t.Fatalf("opening sqlite: %v", err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
+	if err := db.Ping(); err != nil {
+		t.Fatalf("opening sqlite: %v", err)
+	}
 	return db
 }
 
