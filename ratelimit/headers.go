@@ -37,7 +37,16 @@ const policyName = `"user"`
 // a fresh client look as if it had spent Requests - Burst already.
 //
 // It allocates twice: the policy values are prepared once per policy.
-func WriteHeaders(h http.Header, r Result) {
+func WriteHeaders(h http.Header, r Result) { new(HeaderValues).Write(h, r) }
+
+// HeaderValues holds the values of the headers WriteHeaders sets that
+// change with every result. A caller that keeps one in its per-request
+// state saves an allocation: Write allocates once.
+type HeaderValues [4]string
+
+// Write sets the headers WriteHeaders sets, their values held in v; v must
+// not be reused while h is in use.
+func (v *HeaderValues) Write(h http.Header, r Result) {
 	pol := r.pol
 	if pol == nil || pol.limit != r.Limit {
 		pol = &policy{policyHeader: []string{policyHeaderValue(r.Limit)}, limitHeader: []string{strconv.Itoa(r.Limit.Burst)}}
@@ -69,11 +78,7 @@ func WriteHeaders(h http.Header, r Result) {
 	}
 	s := string(b)
 
-	n := 3
-	if !r.Allowed {
-		n = 4
-	}
-	vals := make([]string, n)
+	vals := v[:]
 	vals[0] = s[:endRateLimit]
 	vals[1] = s[endRateLimit:endRemaining]
 	vals[2] = s[endRemaining:endReset]

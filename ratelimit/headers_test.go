@@ -115,7 +115,7 @@ func TestWriteHeaders_SharedValuesAreNotCorruptedByAppends(t *testing.T) {
 	}
 }
 
-func TestHotPath_AllocatesAtMostOnceForTheDecisionAndTwiceForHeaders(t *testing.T) {
+func TestHotPath_AllocatesAtMostOnceForTheDecisionAndOnceForHeaders(t *testing.T) {
 	l := NewLocal(testPolicies(), LocalOptions{})
 	defer l.Close()
 	ctx := context.Background()
@@ -127,5 +127,9 @@ func TestHotPath_AllocatesAtMostOnceForTheDecisionAndTwiceForHeaders(t *testing.
 	h := make(http.Header, 8)
 	if n := testing.AllocsPerRun(200, func() { WriteHeaders(h, res) }); n > 2 {
 		t.Errorf("WriteHeaders: %.1f allocs per call, want ≤ 2", n)
+	}
+	var v HeaderValues
+	if n := testing.AllocsPerRun(200, func() { v.Write(h, res) }); n > 1 {
+		t.Errorf("HeaderValues.Write: %.1f allocs per call, want ≤ 1", n)
 	}
 }
