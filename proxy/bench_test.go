@@ -89,7 +89,7 @@ func BenchmarkHandler(b *testing.B) {
 	b.Cleanup(lim.Close)
 	h, err := proxy.New(proxy.Config{
 		Upstream: mustURL(b, up.URL), Format: format, Resolver: resolver,
-		Limiter: lim, RateLimitHeaders: ratelimit.WriteHeaders, Recorder: discardRecorder{},
+		Limiter: lim, RateLimitHeaders: (*ratelimit.HeaderValues).Write, Recorder: discardRecorder{},
 		Logger: zap.NewNop(), Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {

@@ -139,7 +139,7 @@ func (l *fixedLimiter) Allow(context.Context, string, string) ratelimit.Result {
 
 // testRateLimitHeaders stands in for ratelimit.WriteHeaders: the proxy's
 // job is only to call it on the right responses.
-func testRateLimitHeaders(h http.Header, r ratelimit.Result) {
+func testRateLimitHeaders(_ *ratelimit.HeaderValues, h http.Header, r ratelimit.Result) {
 	h.Set("RateLimit-Remaining", strconv.Itoa(r.Remaining))
 	h.Set("RateLimit-Limit", strconv.Itoa(r.Limit.Burst))
 }

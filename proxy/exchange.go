@@ -57,6 +57,7 @@ type exchange struct {
 	authenticated bool
 	rl            ratelimit.Result
 	limited       bool // rl holds a limiter decision
+	rlv           ratelimit.HeaderValues
 	throttleWait  time.Duration
 
 	outcome outcome

@@ -124,13 +124,69 @@ func (n *headerNames) forwardable(name string, trusted bool) bool {
 	return true
 }
 
-// copyForwardable copies the forwardable headers of src into dst.
+// copyForwardable copies the client headers of src that go on to the
+// backend into dst: the forwardable ones, less the hop-by-hop headers and
+// those the client names in Connection, which httputil.ReverseProxy would
+// remove (ServeHTTP hands it a request without headers, so that its
+// request copy does not clone a map that rewrite replaces). Te: trailers
+// and a WebSocket upgrade are passed on as the ReverseProxy does.
 func (n *headerNames) copyForwardable(dst, src http.Header, trusted bool) {
+	conn := src["Connection"]
 	for k, v := range src {
-		if n.forwardable(k, trusted) {
+		if n.forwardable(k, trusted) && !isHopByHop(k) && (len(conn) == 0 || !namedInConnection(conn, k)) {
 			dst[k] = v
 		}
 	}
+	if te := src["Te"]; len(te) > 0 && hasToken(te, "trailers") {
+		dst["Te"] = []string{"trailers"}
+	}
+	// filterUpgrade left only a WebSocket upgrade.
+	if up := src["Upgrade"]; len(up) > 0 && len(conn) > 0 && hasToken(conn, "upgrade") {
+		dst["Connection"] = []string{"Upgrade"}
+		dst["Upgrade"] = up[:1:1]
+	}
+}
+
+// hopByHop are the headers httputil.ReverseProxy removes (RFC 9110 §7.6.1
+// and RFC 2616 §13.5.1), and Forwarded, which it removes before Rewrite;
+// lower-case.
+var hopByHop = [...]string{
+	"connection", "proxy-connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+	"te", "trailer", "transfer-encoding", "upgrade", "forwarded",
+}
+
+func isHopByHop(name string) bool {
+	for _, h := range hopByHop {
+		if equalFoldASCII(name, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasToken reports whether the comma-separated values hold token, compared
+// without regard to ASCII case and trimmed of spaces and tabs, as
+// httpguts.HeaderValuesContainsToken does.
+func hasToken(values []string, token string) bool { return hasTrimmedToken(values, token, " \t") }
+
+// namedInConnection reports whether the Connection values name header,
+// each name trimmed as textproto.TrimString does (the ReverseProxy's
+// removal of the headers named there).
+func namedInConnection(conn []string, header string) bool {
+	return hasTrimmedToken(conn, header, " \t\r\n")
+}
+
+func hasTrimmedToken(values []string, token, cutset string) bool {
+	for _, v := range values {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if t = strings.Trim(t, cutset); len(t) == len(token) && strings.EqualFold(t, token) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // strip deletes the headers that are not forwardable, in place: for a
@@ -163,9 +219,9 @@ func filterUpgrade(h http.Header) {
 // X-Request-Id and X-Forwarded-For, -Host and -Proto.
 const addedHeaders = 8
 
-// rewrite is the ReverseProxy's Rewrite hook. It runs after hop-by-hop
-// headers (and any named in Connection) and the client's X-Forwarded-* were
-// removed, so nothing set here can be stripped by the client.
+// rewrite is the ReverseProxy's Rewrite hook. It sets our headers after
+// the client's were copied without the hop-by-hop ones (and any named in
+// Connection), so nothing set here can be stripped by the client.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	e := exchangeFrom(pr.In.Context())
 	pr.SetURL(h.upstream)
@@ -173,13 +229,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 		h.names.strip(pr.Out.Header, false)
 		return
 	}
-	// The request copy's header map was sized for the client's headers and
-	// would grow (three allocations and a rehash) to take ours: a map sized
-	// for both takes one allocation more but 0.35 µs less on the hot path.
-	// It is never reused: after a cancelled round trip the transport may
-	// still be reading the one it was given.
-	out := make(http.Header, len(pr.Out.Header)+addedHeaders)
-	h.names.copyForwardable(out, pr.Out.Header, e.trusted)
+	// The request copy has an empty header map (ServeHTTP passes the
+	// ReverseProxy a request without headers): one sized for the client's
+	// headers and ours is built from the client's request instead of a
+	// clone that would be filtered and then grow (three allocations and a
+	// rehash). It is never reused: after a cancelled round trip the
+	// transport may still be reading the one it was given.
+	in := e.req.Header
+	out := make(http.Header, len(in)+addedHeaders)
+	h.names.copyForwardable(out, in, e.trusted)
 	pr.Out.Header = out
 	h.setForwarded(pr, e)
 	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = e.id.UserID, e.id.TeamID, e.id.Role, e.id.KeyID
@@ -194,7 +252,7 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 // except that a trusted peer's values are kept (its X-Forwarded-For
 // appended to). Forwarded is never passed on: we do not extend it.
 func (h *Handler) setForwarded(pr *httputil.ProxyRequest, e *exchange) {
-	out, in := pr.Out.Header, pr.In.Header
+	out, in := pr.Out.Header, e.req.Header
 	if e.peer != "" {
 		xff := e.peer
 		if prior := in["X-Forwarded-For"]; e.trusted && len(prior) > 0 {

@@ -56,7 +56,7 @@ func newProductionHandler(tb testing.TB, rt http.RoundTripper) (*Handler, string
 	tb.Cleanup(lim.Close)
 	h, err := New(Config{
 		Upstream: &url.URL{Scheme: "http", Host: "backend.internal"}, Format: format, Resolver: resolver,
-		Limiter: lim, RateLimitHeaders: ratelimit.WriteHeaders, Recorder: nopRecorder{},
+		Limiter: lim, RateLimitHeaders: (*ratelimit.HeaderValues).Write, Recorder: nopRecorder{},
 		Logger: zap.NewNop(), Registerer: prometheus.NewRegistry(), Transport: rt,
 	})
 	if err != nil {
@@ -100,8 +100,11 @@ func BenchmarkHotPath(b *testing.B) {
 				b.Fatalf("refused: %d", p.status)
 			}
 			e.w = w
+			// What ServeHTTP hands the ReverseProxy, and its copy.
 			in := r.WithContext(e)
+			in.Header = nil
 			out := in.Clone(e)
+			out.Header = make(http.Header)
 			h.rewrite(&httputil.ProxyRequest{In: in, Out: out})
 			res.Request = out
 			_ = h.modifyResponse(res)
@@ -111,7 +114,10 @@ func BenchmarkHotPath(b *testing.B) {
 		b.ReportAllocs()
 		ctx := context.Background()
 		for b.Loop() {
-			_ = r.WithContext(ctx).Clone(ctx)
+			in := r.WithContext(ctx)
+			in.Header = nil
+			out := in.Clone(ctx)
+			out.Header = make(http.Header)
 		}
 	})
 }

@@ -51,8 +51,10 @@ type UsageTracker interface {
 	Touch(keyID string, at time.Time)
 }
 
-// HeaderWriter writes the rate-limit headers of r into h.
-type HeaderWriter func(h http.Header, r ratelimit.Result)
+// HeaderWriter writes the rate-limit headers of r into h, with the values
+// it formats held in v (the request's own, so they cost no allocation of
+// their own); (*ratelimit.HeaderValues).Write is one.
+type HeaderWriter func(v *ratelimit.HeaderValues, h http.Header, r ratelimit.Result)
 
 // DefaultHeaderPrefix starts the identity headers sent to the backend.
 const DefaultHeaderPrefix = "X-Wevion-"
@@ -232,7 +234,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = &e.body
 	}
 	e.w, e.upstreamStart = w, time.Now()
-	h.rp.ServeHTTP(w, r.WithContext(e))
+	// Without headers, the ReverseProxy's request copy clones none: rewrite
+	// builds the outbound header from r's, less the hop-by-hop ones, once.
+	in := r.WithContext(e)
+	in.Header = nil
+	h.rp.ServeHTTP(w, in)
 }
 
 // admit decides whether the request goes upstream; it returns the problem
@@ -375,7 +381,7 @@ func retryAfter(d time.Duration) string {
 
 func (h *Handler) writeRateLimit(hdr http.Header, e *exchange) {
 	if e.limited && h.rlHeaders != nil {
-		h.rlHeaders(hdr, e.rl)
+		h.rlHeaders(&e.rlv, hdr, e.rl)
 	}
 }
 

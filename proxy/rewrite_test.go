@@ -41,6 +41,20 @@ func (c *captureTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func (c *captureTransport) CloseIdleConnections() {}
 
+// serve sends r through h, which must admit it, and returns the headers
+// the backend got.
+func (c *captureTransport) serve(t *testing.T, h http.Handler, r *http.Request) http.Header {
+	t.Helper()
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != 200 {
+		t.Fatalf("status %d", w.Code)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.got
+}
+
 var testIdentity = keystore.Identity{KeyID: "key_0123456789abcdefghij", UserID: "usr_1", TeamID: "team_1", Role: "admin",
 	UserActive: true, TeamActive: true, SameTeam: true}
 
@@ -128,14 +142,7 @@ func FuzzRewriteHeaders(f *testing.F) {
 		r.Header[n1] = append(r.Header[n1], v1)
 		r.Header[n2] = append(r.Header[n2], v2)
 		r.Header["Authorization"] = []string{"Bearer " + key} // replaces a fuzzed one: the request must be admitted
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		if w.Code != 200 {
-			t.Fatalf("status %d", w.Code)
-		}
-		rt.mu.Lock()
-		got := rt.got
-		rt.mu.Unlock()
+		got := rt.serve(t, h, r)
 		for name, vals := range got {
 			if hasNormPrefix(name, "x-wevion-") {
 				if w, ok := want[name]; !ok || len(vals) != 1 || vals[0] != w {

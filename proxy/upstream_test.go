@@ -174,7 +174,7 @@ func TestRetryAfterRoundsUp(t *testing.T) {
 func TestWithRealLocalLimiter(t *testing.T) {
 	lim := ratelimit.NewLocal(ratelimit.Policies{Default: ratelimit.Limit{Requests: 1, Per: time.Hour, Burst: 2}}, ratelimit.LocalOptions{})
 	t.Cleanup(lim.Close)
-	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = lim, ratelimit.WriteHeaders })
+	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = lim, (*ratelimit.HeaderValues).Write })
 	for i, want := range []int{200, 200, 429} {
 		res, body := e.do(t, "GET", "/v1/things", [][2]string{bearer(e.validKey)})
 		if res.StatusCode != want {

@@ -187,7 +187,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 			a.limiter = a.shared
 		}
 		pcfg.Limiter = a.limiter
-		pcfg.RateLimitHeaders = ratelimit.WriteHeaders
+		pcfg.RateLimitHeaders = (*ratelimit.HeaderValues).Write
 	}
 	if err := hardenProxy(cfg, &pcfg); err != nil {
 		return nil, err
