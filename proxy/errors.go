@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -148,13 +147,22 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 	if e == nil {
 		return nil
 	}
-	h.m.upstream.Observe(time.Since(e.upstreamStart).Seconds())
+	h.m.upstream.Observe(e.sinceUpstream().Seconds())
 	e.status = res.StatusCode
 	out := e.w.Header()
 	out["X-Request-Id"] = e.one(hvRequestID)
 	h.writeRateLimit(out, e)
-	for name := range out {
-		delete(res.Header, name)
+	// Walk the smaller map: a backend's few headers, usually.
+	if len(res.Header) < len(out) {
+		for name := range res.Header {
+			if _, ours := out[name]; ours {
+				delete(res.Header, name)
+			}
+		}
+	} else {
+		for name := range out {
+			delete(res.Header, name)
+		}
 	}
 	return nil
 }
@@ -169,7 +177,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		w.WriteHeader(http.StatusBadGateway)
 		return
 	}
-	h.m.upstream.Observe(time.Since(e.upstreamStart).Seconds())
+	h.m.upstream.Observe(e.sinceUpstream().Seconds())
 	if e.Context.Err() != nil {
 		e.status = statusClientClosed // still outcome allowed: it was admitted
 		return

@@ -240,7 +240,6 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	h.names.copyForwardable(out, in, e.trusted)
 	pr.Out.Header = out
 	h.setForwarded(pr, e)
-	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = e.id.UserID, e.id.TeamID, e.id.Role, e.id.KeyID
 	out[h.names.userID] = e.one(hvUserID)
 	out[h.names.teamID] = e.one(hvTeamID)
 	out[h.names.role] = e.one(hvRole)

@@ -233,7 +233,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.body = bodyReader{rc: r.Body, e: e}
 		r.Body = &e.body
 	}
-	e.w, e.upstreamStart = w, time.Now()
+	e.w, e.upstreamAt = w, time.Since(e.start)
 	// Without headers, the ReverseProxy's request copy clones none: rewrite
 	// builds the outbound header from r's, less the hop-by-hop ones, once.
 	in := r.WithContext(e)
@@ -264,13 +264,14 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		return &h.problems.invalid
 	}
 	var client netip.Addr
+	var id keystore.Identity
 	var cached bool
 	if h.throttle != nil {
 		if client = h.throttleKey(e); client.IsValid() {
 			if wait, blocked := h.throttle.blocked(client, e.start); blocked {
 				// Keys this replica already knows cost no lookup: other
 				// clients behind the flooder's address keep working.
-				if e.id, cached = h.cachedIdentity(parsed.Hash); !cached {
+				if id, cached = h.cachedIdentity(parsed.Hash); !cached {
 					e.throttleWait = wait
 					return &h.problems.throttled
 				}
@@ -279,12 +280,11 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	}
 	ctx := e.req.Context()
 	if !cached {
-		e.id, err = h.resolver.Resolve(ctx, parsed.Hash)
+		id, err = h.resolver.Resolve(ctx, parsed.Hash)
 	}
 	switch {
 	case err == nil:
 	case errors.Is(err, keystore.ErrNotFound):
-		e.id = keystore.Identity{}
 		if client.IsValid() {
 			h.throttle.fail(client, e.start)
 		}
@@ -295,24 +295,23 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		h.log.Warn("key resolution failed", zap.String("request_id", e.requestID), zap.Error(err))
 		return &h.problems.unavailable
 	}
-	switch e.id.Check(e.now) {
+	switch id.Check(e.now) {
 	case keystore.StatusValid:
 	case keystore.StatusTeamInactive:
-		e.authenticated = true
+		e.authenticate(id)
 		return &h.problems.inactive
-	default:
-		e.id = keystore.Identity{} // a refused key's owner is not named
+	default: // a refused key's owner is not named
 		return &h.problems.invalid
 	}
-	e.authenticated = true
+	e.authenticate(id)
 	if h.limiter != nil {
-		e.rl, e.limited = h.limiter.Allow(ctx, e.id.UserID, e.id.Role), true
+		e.rl, e.limited = h.limiter.Allow(ctx, id.UserID, id.Role), true
 		if !e.rl.Allowed {
 			return &h.problems.rateLimited
 		}
 	}
 	if h.usage != nil {
-		h.usage.Touch(e.id.KeyID, e.now)
+		h.usage.Touch(id.KeyID, e.now)
 	}
 	e.outcome = outcomeAllowed
 	return nil

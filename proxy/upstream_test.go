@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"net/http"
@@ -110,34 +111,51 @@ func TestClientGoneDuringResolveWritesNothing(t *testing.T) {
 	}
 }
 
+// The backend's values of the headers we set are dropped, whichever of the
+// two header sets is the larger (modifyResponse walks the smaller).
 func TestRateLimitHeadersOnAdmittedResponses(t *testing.T) {
-	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = allowAll(), testRateLimitHeaders })
-	e.up.handle(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("RateLimit-Remaining", "999") // the backend's own, replaced by ours
-		w.Header().Set("X-Request-Id", "backend-made-this-up")
-		w.Header().Set("X-Backend", "kept")
-		w.WriteHeader(http.StatusCreated)
-	})
-	res, _ := e.do(t, "POST", "/v1/things", [][2]string{bearer(e.validKey)})
-	if res.StatusCode != http.StatusCreated {
-		t.Fatalf("status %d", res.StatusCode)
-	}
-	if got := res.Header.Values("Ratelimit-Remaining"); len(got) != 1 || got[0] != "7" {
-		t.Errorf("RateLimit-Remaining = %q, want [7]", got)
-	}
-	if got := res.Header.Values("Ratelimit-Limit"); len(got) != 1 || got[0] != "10" {
-		t.Errorf("RateLimit-Limit = %q, want [10]", got)
-	}
-	if got := res.Header.Values("X-Request-Id"); len(got) != 1 || got[0] == "backend-made-this-up" {
-		t.Errorf("X-Request-Id = %q, want our id alone", got)
-	}
-	if got := res.Header.Get("X-Backend"); got != "kept" {
-		t.Errorf("X-Backend = %q, want the backend's header passed on", got)
-	}
-	// A refusal before the limiter was asked carries no rate-limit headers.
-	res, _ = e.do(t, "GET", "/", nil)
-	if got := res.Header.Get("Ratelimit-Remaining"); got != "" {
-		t.Errorf("unauthenticated response has RateLimit-Remaining %q", got)
+	for _, tt := range []struct {
+		name         string
+		writer       proxy.HeaderWriter
+		extraHeaders int // more backend headers than ours, or fewer
+	}{
+		{"backend sends more headers", testRateLimitHeaders, 10},
+		{"backend sends fewer headers", (*ratelimit.HeaderValues).Write, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = allowAll(), tt.writer })
+			e.up.handle(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("RateLimit-Remaining", "999") // the backend's own, replaced by ours
+				w.Header().Set("X-Request-Id", "backend-made-this-up")
+				for i := range tt.extraHeaders {
+					w.Header().Set(fmt.Sprintf("X-Backend-%d", i), "kept")
+				}
+				w.WriteHeader(http.StatusCreated)
+			})
+			res, _ := e.do(t, "POST", "/v1/things", [][2]string{bearer(e.validKey)})
+			if res.StatusCode != http.StatusCreated {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			if got := res.Header.Values("Ratelimit-Remaining"); len(got) != 1 || got[0] != "7" {
+				t.Errorf("RateLimit-Remaining = %q, want [7]", got)
+			}
+			if got := res.Header.Values("Ratelimit-Limit"); len(got) != 1 || got[0] != "10" {
+				t.Errorf("RateLimit-Limit = %q, want [10]", got)
+			}
+			if got := res.Header.Values("X-Request-Id"); len(got) != 1 || got[0] == "backend-made-this-up" {
+				t.Errorf("X-Request-Id = %q, want our id alone", got)
+			}
+			for i := range tt.extraHeaders {
+				if got := res.Header.Get(fmt.Sprintf("X-Backend-%d", i)); got != "kept" {
+					t.Errorf("X-Backend-%d = %q, want the backend's header passed on", i, got)
+				}
+			}
+			// A refusal before the limiter was asked carries no rate-limit headers.
+			res, _ = e.do(t, "GET", "/", nil)
+			if got := res.Header.Get("Ratelimit-Remaining"); got != "" {
+				t.Errorf("unauthenticated response has RateLimit-Remaining %q", got)
+			}
+		})
 	}
 }
 
