@@ -1,6 +1,10 @@
 package audit
 
 import (
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -44,5 +48,36 @@ func TestYielderPausesOncePerBudget(t *testing.T) {
 				t.Errorf("%d pauses, want %d", pauses, tt.want)
 			}
 		})
+	}
+}
+
+// With one P, a pausing writer must let the goroutines already waiting run
+// before it resumes. A timer alone would not: it wakes the writer into the
+// P's run-next slot, ahead of all of them. The scheduler takes the global
+// queue (where Gosched puts the writer) at least every 61st time, so the
+// median over trials is compared, not one trial.
+func TestPauseLetsWaitingGoroutinesRunFirst(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	const trials, waiting = 21, 40
+	done := make([]int, trials)
+	for i := range done {
+		var finished atomic.Int32
+		var wg sync.WaitGroup
+		for range waiting {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for end := time.Now().Add(50 * time.Microsecond); time.Now().Before(end); {
+				}
+				finished.Add(1)
+			}()
+		}
+		pause(yieldPause)
+		done[i] = int(finished.Load())
+		wg.Wait()
+	}
+	slices.Sort(done)
+	if m := done[trials/2]; m < 5 {
+		t.Errorf("after a pause, a median of %d of %d waiting goroutines had run (all trials: %v), want most", m, waiting, done)
 	}
 }
