@@ -14,6 +14,24 @@ type headerNames struct {
 	// prefix is the identity prefix lower-cased with '-' for '_', the form
 	// every client header name is compared in.
 	prefix string
+	// fixed holds, for common header names, whether they go on to the
+	// backend, where that answer is the same whoever the peer is and the
+	// name is not hop-by-hop: one lookup instead of the checks, which took
+	// a tenth of the hot path's instructions (callgrind).
+	fixed map[string]bool
+}
+
+// commonHeaders are request header names most clients send, canonical.
+// Only their decisions are prepared; any other name is checked in full.
+var commonHeaders = [...]string{
+	"Authorization", "Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language",
+	"User-Agent", "Content-Type", "Content-Length", "Content-Encoding", "Content-Md5",
+	"Cache-Control", "Pragma", "Expect", "Range", "Origin", "Referer", "Cookie", "Date", "Dnt",
+	"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range",
+	"Idempotency-Key", "Traceparent", "Tracestate", "Baggage", "Sentry-Trace",
+	"X-Request-Id", "X-Requested-With", "X-Correlation-Id", "X-Amzn-Trace-Id",
+	"X-B3-Traceid", "X-B3-Spanid", "X-B3-Parentspanid", "X-B3-Sampled",
+	"Sec-Fetch-Dest", "Sec-Fetch-Mode", "Sec-Fetch-Site", "Sec-Ch-Ua", "Sec-Ch-Ua-Mobile", "Sec-Ch-Ua-Platform",
 }
 
 func newHeaderNames(prefix string) (headerNames, error) {
@@ -27,13 +45,21 @@ func newHeaderNames(prefix string) (headerNames, error) {
 		}
 	}
 	canon := func(s string) string { return http.CanonicalHeaderKey(strings.ReplaceAll(prefix, "_", "-") + s) }
-	return headerNames{
+	n := headerNames{
 		userID: canon("User-Id"),
 		teamID: canon("Team-Id"),
 		role:   canon("Role"),
 		keyID:  canon("Key-Id"),
 		prefix: normaliseName(prefix),
-	}, nil
+		fixed:  make(map[string]bool, len(commonHeaders)),
+	}
+	// Each answer is the full checks' own, for the configured prefix.
+	for _, name := range commonHeaders {
+		if fwd := n.forwardable(name, false); fwd == n.forwardable(name, true) && !isHopByHop(name) {
+			n.fixed[name] = fwd
+		}
+	}
+	return n, nil
 }
 
 // normaliseName lower-cases a header name and spells '_' as '-': the form in
@@ -131,17 +157,44 @@ func (n *headerNames) forwardable(name string, trusted bool) bool {
 // request copy does not clone a map that rewrite replaces). Te: trailers
 // and a WebSocket upgrade are passed on as the ReverseProxy does.
 func (n *headerNames) copyForwardable(dst, src http.Header, trusted bool) {
-	conn := src["Connection"]
+	// Connection, Te and Upgrade are hop-by-hop, so the one walk that
+	// copies finds them; looking each up as well would cost three lookups
+	// per request, for headers most requests do not have.
+	var conn, te, up []string
 	for k, v := range src {
-		if n.forwardable(k, trusted) && !isHopByHop(k) && (len(conn) == 0 || !namedInConnection(conn, k)) {
+		if fwd, ok := n.fixed[k]; ok {
+			if fwd {
+				dst[k] = v
+			}
+			continue
+		}
+		if isHopByHop(k) {
+			switch k {
+			case "Connection":
+				conn = v
+			case "Te":
+				te = v
+			case "Upgrade":
+				up = v
+			}
+			continue
+		}
+		if n.forwardable(k, trusted) {
 			dst[k] = v
 		}
 	}
-	if te := src["Te"]; len(te) > 0 && hasToken(te, "trailers") {
+	if len(conn) > 0 {
+		for k := range dst {
+			if namedInConnection(conn, k) {
+				delete(dst, k)
+			}
+		}
+	}
+	if len(te) > 0 && hasToken(te, "trailers") {
 		dst["Te"] = []string{"trailers"}
 	}
 	// filterUpgrade left only a WebSocket upgrade.
-	if up := src["Upgrade"]; len(up) > 0 && len(conn) > 0 && hasToken(conn, "upgrade") {
+	if len(up) > 0 && len(conn) > 0 && hasToken(conn, "upgrade") {
 		dst["Connection"] = []string{"Upgrade"}
 		dst["Upgrade"] = up[:1:1]
 	}
@@ -254,24 +307,30 @@ func (h *Handler) setForwarded(pr *httputil.ProxyRequest, e *exchange) {
 	out, in := pr.Out.Header, e.req.Header
 	if e.peer != "" {
 		xff := e.peer
-		if prior := in["X-Forwarded-For"]; e.trusted && len(prior) > 0 {
-			xff = strings.Join(prior, ", ") + ", " + e.peer
+		if e.trusted {
+			if prior := in["X-Forwarded-For"]; len(prior) > 0 {
+				xff = strings.Join(prior, ", ") + ", " + e.peer
+			}
 		}
 		e.hv[hvForwardedFor] = xff
 		out["X-Forwarded-For"] = e.one(hvForwardedFor)
 	}
 	e.hv[hvForwardedHost] = pr.In.Host
-	if v := in["X-Forwarded-Host"]; e.trusted && len(v) == 1 {
-		e.hv[hvForwardedHost] = v[0]
-	}
-	out["X-Forwarded-Host"] = e.one(hvForwardedHost)
 	e.hv[hvForwardedProto] = "http"
 	if pr.In.TLS != nil {
 		e.hv[hvForwardedProto] = "https"
 	}
-	if v := in["X-Forwarded-Proto"]; e.trusted && len(v) == 1 && (v[0] == "http" || v[0] == "https") {
-		e.hv[hvForwardedProto] = v[0]
+	// Only a trusted peer's values are read: a client's request costs no
+	// lookups for them.
+	if e.trusted {
+		if v := in["X-Forwarded-Host"]; len(v) == 1 {
+			e.hv[hvForwardedHost] = v[0]
+		}
+		if v := in["X-Forwarded-Proto"]; len(v) == 1 && (v[0] == "http" || v[0] == "https") {
+			e.hv[hvForwardedProto] = v[0]
+		}
 	}
+	out["X-Forwarded-Host"] = e.one(hvForwardedHost)
 	out["X-Forwarded-Proto"] = e.one(hvForwardedProto)
 }
 

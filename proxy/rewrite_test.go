@@ -118,6 +118,35 @@ func TestFilterDropsEverySpellingOfOurHeaders(t *testing.T) {
 	}
 }
 
+// The decisions prepared for common header names are the full checks'
+// own, whatever the prefix: with the prefix "Accept-", Accept-Encoding
+// is an identity header a client may not send.
+func TestPreparedHeaderDecisionsMatchTheChecks(t *testing.T) {
+	for _, prefix := range []string{"X-Wevion-", "Accept-", "content_", "X-B3", "Sec-Ch", "Au"} {
+		names, err := newHeaderNames(prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, trusted := range []bool{false, true} {
+			src := http.Header{}
+			for _, n := range commonHeaders {
+				src[n] = []string{"v"}
+			}
+			dst := http.Header{}
+			names.copyForwardable(dst, src, trusted)
+			for _, n := range commonHeaders {
+				want := names.forwardable(n, trusted) && !isHopByHop(n)
+				if _, got := dst[n]; got != want {
+					t.Errorf("prefix %q, trusted=%v: %s forwarded=%v, want %v", prefix, trusted, n, got, want)
+				}
+			}
+			if _, ok := dst["Accept-Encoding"]; ok == (prefix == "Accept-") {
+				t.Errorf("prefix %q: Accept-Encoding forwarded=%v", prefix, ok)
+			}
+		}
+	}
+}
+
 // FuzzRewriteHeaders: whatever headers a client sends, through the whole
 // ReverseProxy (hop-by-hop removal included), the backend sees exactly our
 // identity headers, one value each, no Authorization, and one valid
