@@ -61,6 +61,19 @@ func TestMedian(t *testing.T) {
 	}
 }
 
+func TestRoundsOver_CountsOnlyRoundsWithAnAddedFigure(t *testing.T) {
+	ms := []measurement{
+		{added: true, addP99: 2 * time.Millisecond},
+		{added: true, addP99: time.Millisecond}, // at the limit: not over
+		{added: true, addP99: -3 * time.Millisecond},
+		{added: false, addP99: 9 * time.Millisecond}, // over capacity: not counted
+		{added: true, addP99: 1500 * time.Microsecond},
+	}
+	if over, n := roundsOver(ms, time.Millisecond); over != 2 || n != 4 {
+		t.Errorf("roundsOver = %d of %d, want 2 of 4", over, n)
+	}
+}
+
 func TestSumMetric_AddsEveryLabelSetOfThatMetricOnly(t *testing.T) {
 	expo := "# HELP keyproxy_audit_spilled_total x\n" +
 		"keyproxy_audit_spilled_total{reason=\"queue_full\"} 3\n" +

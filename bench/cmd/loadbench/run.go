@@ -73,10 +73,10 @@ func runCmd(args []string) error {
 	var o options
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	fs.StringVar(&o.keyproxy, "keyproxy", "", "keyproxy binary (default: go build ./cmd/keyproxy into the work directory)")
-	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each throughput run")
-	fs.DurationVar(&o.latencyDur, "latency-duration", 10*time.Second, "length of each fixed-rate latency run")
+	fs.DurationVar(&o.duration, "duration", 4*time.Second, "length of each throughput run")
+	fs.DurationVar(&o.latencyDur, "latency-duration", 4*time.Second, "length of each fixed-rate latency run")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up per target before the first round")
-	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each runs every target once, in turn")
+	fs.IntVar(&o.rounds, "rounds", 9, "rounds; each runs every target once, in turn (many short rounds: a noisy stretch of the machine then spoils one round, not a target)")
 	fs.IntVar(&o.conns, "conns", 64, "keep-alive connections of the load generator")
 	fs.IntVar(&o.keys, "keys", 1000, "API keys (one user each) the load is spread over")
 	fs.StringVar(&o.generator, "generator", "auto", "throughput load generator: wrk, go, or auto (wrk when installed)")
