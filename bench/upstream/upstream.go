@@ -116,13 +116,15 @@ func (s *Server) serveConn(c net.Conn) error {
 		} else {
 			_, _ = bw.Write(response)
 		}
+		// Counted before the flush: a client that has read the answer must
+		// find it counted.
+		s.requests.Add(1)
 		// Only flush once no further pipelined request is buffered.
 		if br.Buffered() == 0 {
 			if err := bw.Flush(); err != nil {
 				return err
 			}
 		}
-		s.requests.Add(1)
 		if req.close {
 			return bw.Flush()
 		}
