@@ -122,6 +122,72 @@ func TestUsageTracker_KeepsTimesWhileStoreDown(t *testing.T) {
 	}
 }
 
+// chunkStore passes TouchKeys on to a real store, recording each call's
+// keys, and fails the calls whose number (from 1) is in fail.
+type chunkStore struct {
+	next keystore.UsageStore
+	fail map[int]bool
+
+	mu      sync.Mutex
+	calls   int
+	sizes   []int
+	written map[string]int // times each key reached the store in a call that succeeded
+}
+
+func (c *chunkStore) TouchKeys(ctx context.Context, used map[string]time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	c.sizes = append(c.sizes, len(used))
+	if c.fail[c.calls] {
+		return keystore.ErrUnavailable
+	}
+	if err := c.next.TouchKeys(ctx, used); err != nil {
+		return err
+	}
+	for id := range used {
+		c.written[id]++
+	}
+	return nil
+}
+
+// A flush writes at most 128 keys per store call (one transaction each),
+// and when a call fails, its keys and those not yet written are kept for
+// the next flush: every key is written exactly once in the end.
+func TestUsageTracker_WritesInChunksAndKeepsWhatFailed(t *testing.T) {
+	store := openTemp(t)
+	k := createKey(t, store, "team_a", "user_a")
+	c := &chunkStore{next: store, fail: map[int]bool{2: true}, written: map[string]int{}}
+	u := keystore.NewUsageTracker(c, time.Hour, nil)
+	defer u.Close(context.Background())
+
+	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	u.Touch(k.ID, at)
+	for i := range 299 { // keys that no longer exist update nothing, and fail nothing
+		u.Touch(fmt.Sprintf("key_gone_%03d", i), at)
+	}
+	if err := u.Flush(context.Background()); !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("first flush: %v, want the second call's error", err)
+	}
+	if err := u.Flush(context.Background()); err != nil {
+		t.Fatalf("second flush: %v", err)
+	}
+	if want := []int{128, 128, 128, 44}; fmt.Sprint(c.sizes) != fmt.Sprint(want) {
+		t.Errorf("store calls of %v keys, want %v", c.sizes, want)
+	}
+	if len(c.written) != 300 {
+		t.Errorf("%d keys written, want 300", len(c.written))
+	}
+	for id, n := range c.written {
+		if n != 1 {
+			t.Errorf("%s written %d times", id, n)
+		}
+	}
+	if got := lastUsed(t, store, k.ID); got == nil || !got.Equal(at) {
+		t.Errorf("LastUsedAt = %v, want %v", got, at)
+	}
+}
+
 func BenchmarkUsageTrackerTouch(b *testing.B) {
 	store, err := keystore.OpenSQLite(context.Background(), b.TempDir()+"/keys.db")
 	if err != nil {
