@@ -61,7 +61,7 @@ func openSQLite(ctx context.Context, path string, busyTimeout time.Duration) (*S
 	db.SetMaxOpenConns(8)
 	db.SetMaxIdleConns(8)
 	s := &SQLite{db: db}
-	if err := s.Ping(ctx); err != nil {
+	if err := s.pingWhileBusy(ctx, busyTimeout); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)
 	}
@@ -87,6 +87,35 @@ func (s *SQLite) Ping(ctx context.Context) error {
 		return s.wrap("ping", err)
 	}
 	return nil
+}
+
+// pingWhileBusy pings until a connection opens, for up to timeout while
+// SQLite answers busy. The first connections to a new file race to switch
+// it to WAL, which takes an exclusive lock that SQLite refuses at once
+// with SQLITE_BUSY rather than waiting in the busy handler: 4 stores
+// opening one new file at once (each with its own pool, as processes
+// would) failed this way 15 times in 300. The connection that lost is
+// discarded, and the next ping opens another.
+func (s *SQLite) pingWhileBusy(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := s.Ping(ctx)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(10 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // Close closes the pool; later calls fail with ErrUnavailable.
