@@ -19,6 +19,17 @@ const (
 // spaces). Two Authorization lines are refused rather than guessed at, as
 // is a value over maxAuthorization bytes or one holding more than one token.
 func bearerToken(values []string) (string, tokenStatus) {
+	token, st := bearerValue(values)
+	if st == tokenOK && !plainToken(token) {
+		return "", tokenInvalid
+	}
+	return token, st
+}
+
+// bearerValue is bearerToken without the scan of the token's bytes: a
+// caller that finds the token to be a well-formed key (base62 only) needs
+// no other proof that it holds no space or control character.
+func bearerValue(values []string) (string, tokenStatus) {
 	switch len(values) {
 	case 0:
 		return "", tokenMissing
@@ -44,12 +55,17 @@ func bearerToken(values []string) (string, tokenStatus) {
 	if rest == "" {
 		return "", tokenMissing
 	}
-	for i := 0; i < len(rest); i++ {
-		if c := rest[i]; c <= ' ' || c == 0x7f {
-			return "", tokenInvalid
+	return rest, tokenOK
+}
+
+// plainToken reports whether token holds no space or control character.
+func plainToken(token string) bool {
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; c <= ' ' || c == 0x7f {
+			return false
 		}
 	}
-	return rest, tokenOK
+	return true
 }
 
 // equalFoldASCII compares s with lower, which is lower-case ASCII.

@@ -3,6 +3,8 @@ package proxy
 import (
 	"strings"
 	"testing"
+
+	"github.com/wevion/keyproxy/keystore"
 )
 
 func TestBearerToken(t *testing.T) {
@@ -78,6 +80,44 @@ func FuzzBearerToken(f *testing.F) {
 			if token[i] <= ' ' || token[i] == 0x7f {
 				t.Fatalf("token %q holds byte %#x", token, token[i])
 			}
+		}
+	})
+}
+
+// FuzzBearerValueSkipsNoCheck: admit skips bearerToken's byte scan for a
+// token that is a well-formed key, so such a token must pass that scan,
+// for every prefix a Format accepts.
+func FuzzBearerValueSkipsNoCheck(f *testing.F) {
+	// The skipped scan matters only if keys are found valid at all.
+	format, _ := keystore.NewFormat("wev_")
+	key, err := format.Generate()
+	if err != nil {
+		f.Fatal(err)
+	}
+	if token, st := bearerValue([]string{"Bearer " + key}); st != tokenOK || !format.Valid(token) {
+		f.Fatalf("a generated key is not a valid bearer token: %d", st)
+	}
+	f.Add("wev_", "Bearer "+key)
+	f.Add("wev_", "Bearer wev_abc")
+	f.Add("a_", "bearer   a_0000000000000000000000000000000000000000000")
+	f.Fuzz(func(t *testing.T, prefix, v string) {
+		format, err := keystore.NewFormat(prefix)
+		if err != nil {
+			return
+		}
+		token, st := bearerValue([]string{v})
+		full, fullSt := bearerToken([]string{v})
+		if st != tokenOK {
+			if fullSt != st || full != "" {
+				t.Fatalf("bearerValue(%q) = %d, bearerToken = %q, %d", v, st, full, fullSt)
+			}
+			return
+		}
+		if plainToken(token) != (fullSt == tokenOK) {
+			t.Fatalf("%q: plainToken %v, bearerToken status %d", v, plainToken(token), fullSt)
+		}
+		if format.Valid(token) && !plainToken(token) {
+			t.Fatalf("well-formed key %q holds a space or control character", token)
 		}
 	})
 }

@@ -51,8 +51,9 @@ type exchange struct {
 	// a time.Time would take the exchange into the next size class.
 	upstreamAt time.Duration
 	requestID  string
-	peer       string // the peer's IP as written in RemoteAddr
-	trusted    bool   // the peer is a trusted proxy
+	idBuf      [generatedIDLen]byte // a generated requestID's bytes
+	peer       string               // the peer's IP as written in RemoteAddr
+	trusted    bool                 // the peer is a trusted proxy
 
 	keyStart      string
 	authenticated bool // hv holds the owner's ids and role

@@ -251,18 +251,23 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	if m := e.req.Method; m == http.MethodConnect || m == http.MethodTrace {
 		return &h.problems.method
 	}
-	token, st := bearerToken(e.req.Header["Authorization"])
+	token, st := bearerValue(e.req.Header["Authorization"])
 	switch st {
 	case tokenMissing:
 		return &h.problems.missing
 	case tokenInvalid:
 		return &h.problems.invalid
 	}
-	e.keyStart = h.format.DisplayStart(token)
+	// A well-formed key is base62 throughout, so only a token that fails
+	// to parse is scanned for what bearerToken refuses.
 	parsed, err := h.format.Parse(token)
 	if err != nil {
+		if plainToken(token) {
+			e.keyStart = h.format.DisplayStart(token)
+		}
 		return &h.problems.invalid
 	}
+	e.keyStart = parsed.Start
 	var client netip.Addr
 	var id keystore.Identity
 	var cached bool
@@ -356,7 +361,7 @@ func (h *Handler) begin(r *http.Request) *exchange {
 	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) && !strings.Contains(v[0], h.format.Prefix()) {
 		e.requestID = v[0]
 	} else {
-		e.requestID = h.ids.next()
+		e.requestID = h.ids.next(&e.idBuf)
 	}
 	e.hv[hvRequestID] = e.requestID
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {

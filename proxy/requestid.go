@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"unsafe"
 )
 
 const maxRequestID = 128
@@ -55,8 +56,14 @@ func newIDGenerator() (*idGenerator, error) {
 	return &idGenerator{base: base + "-"}, nil
 }
 
-func (g *idGenerator) next() string {
-	var buf [40]byte
+// generatedIDLen is the longest id next makes: two uint64 in base 36 and
+// the dash between them.
+const generatedIDLen = 2*13 + 1
+
+// next returns a new id in buf's memory (no allocation: an exchange keeps
+// the buffer, and the id, for the request's life). buf is not written again.
+func (g *idGenerator) next(buf *[generatedIDLen]byte) string {
 	b := append(buf[:0], g.base...)
-	return string(strconv.AppendUint(b, g.n.Add(1), 36))
+	b = strconv.AppendUint(b, g.n.Add(1), 36)
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }

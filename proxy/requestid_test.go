@@ -42,7 +42,7 @@ func TestGeneratedRequestIDsAreWellFormedAndDistinct(t *testing.T) {
 	for _, g := range []*idGenerator{g1, g2, g1, g2} {
 		wg.Go(func() {
 			for range 1000 {
-				id := g.next()
+				id := g.next(new([generatedIDLen]byte))
 				if !validRequestID(id) {
 					t.Errorf("generated %q is not a valid request id", id)
 				}
