@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"reflect"
 	"strings"
@@ -108,6 +109,49 @@ func TestLogSink_WritesOneLinePerEventWithExactlyItsFields(t *testing.T) {
 		_ = json.Unmarshal(b, &want)
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("line %d\n got %v\nwant %v", i, got, want)
+		}
+	}
+}
+
+// writeRecorder keeps each Write's bytes apart.
+type writeRecorder struct{ writes [][]byte }
+
+func (w *writeRecorder) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func TestEventLogSink_WritesWholeLinesInChunks(t *testing.T) {
+	var w writeRecorder
+	sink := NewEventLogSink(zapcore.AddSync(&w))
+	events := make([]Event, 1000)
+	for i := range events {
+		events[i] = fullEvent()
+		events[i].ID = fmt.Sprintf("evt_%04d", i)
+	}
+	for range 2 { // the second batch reuses the sink's buffer
+		w.writes = nil
+		if err := sink.Write(context.Background(), events); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(w.writes); n < 2 || n > len(events)/10 {
+			t.Fatalf("%d writes for %d events: want a few chunks", n, len(events))
+		}
+		var ids []string
+		for i, chunk := range w.writes {
+			if len(chunk) == 0 || chunk[len(chunk)-1] != '\n' || len(chunk) > lineChunk+1024 {
+				t.Fatalf("write %d: %d bytes, last %q: want whole lines, about %d bytes", i, len(chunk), chunk[len(chunk)-1:], lineChunk)
+			}
+			for _, line := range strings.Split(strings.TrimSuffix(string(chunk), "\n"), "\n") {
+				var got Event
+				if err := json.Unmarshal([]byte(line), &got); err != nil {
+					t.Fatalf("write %d: line is not an event: %v\n%s", i, err, line)
+				}
+				ids = append(ids, got.ID)
+			}
+		}
+		if len(ids) != len(events) || ids[0] != "evt_0000" || ids[len(ids)-1] != "evt_0999" {
+			t.Fatalf("%d events written, first %s, last %s", len(ids), ids[0], ids[len(ids)-1])
 		}
 	}
 }

@@ -333,7 +333,7 @@ func TestPipeline_SpillsToTheLoggerByDefault(t *testing.T) {
 	closePipeline(t, p)
 	found := false
 	for _, e := range logs.FilterMessage("audit event").All() {
-		if ev, ok := e.ContextMap()["event"].(map[string]any); ok && ev["id"] == "evt_spilled" {
+		if ev, ok := e.ContextMap()["event"].(*Event); ok && ev.ID == "evt_spilled" {
 			found = true
 		}
 	}
