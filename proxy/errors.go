@@ -128,10 +128,10 @@ func (h *Handler) refuse(w http.ResponseWriter, e *exchange, p *preparedProblem)
 	}
 	w.WriteHeader(p.status)
 	// The request id is [A-Za-z0-9._:-] only, so it needs no escaping.
-	b := make([]byte, 0, len(p.head)+len(e.requestID)+len(`,"request_id":""}`)+1)
+	b := make([]byte, 0, len(p.head)+len(e.requestID())+len(`,"request_id":""}`)+1)
 	b = append(b, p.head...)
 	b = append(b, `,"request_id":"`...)
-	b = append(b, e.requestID...)
+	b = append(b, e.requestID()...)
 	b = append(b, "\"}\n"...)
 	_, _ = w.Write(b)
 }
@@ -193,7 +193,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		p = &h.problems.timeout
 	}
 	h.log.Warn("upstream request failed",
-		zap.String("request_id", e.requestID),
+		zap.String("request_id", e.requestID()),
 		zap.Int("status", p.status),
 		zap.String("error", safeError(err)))
 	h.refuse(w, e, p)

@@ -17,8 +17,8 @@ func TestPreparedProblemsMatchProblemPackage(t *testing.T) {
 	h, _ := newTestHandler(t, &captureTransport{})
 	ps := &h.problems
 	for _, p := range []*preparedProblem{&ps.missing, &ps.invalid, &ps.inactive, &ps.rateLimited, &ps.unavailable, &ps.badGateway, &ps.timeout} {
-		e := &exchange{Context: context.Background(), requestID: "rid-1"}
-		e.hv[hvRequestID] = e.requestID
+		e := &exchange{Context: context.Background()}
+		e.hv[hvRequestID] = "rid-1"
 		got := httptest.NewRecorder()
 		h.refuse(got, e, p)
 

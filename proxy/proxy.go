@@ -297,7 +297,7 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	case ctx.Err() != nil:
 		return &h.problems.clientGone
 	default:
-		h.log.Warn("key resolution failed", zap.String("request_id", e.requestID), zap.Error(err))
+		h.log.Warn("key resolution failed", zap.String("request_id", e.requestID()), zap.Error(err))
 		return &h.problems.unavailable
 	}
 	switch id.Check(e.now) {
@@ -359,11 +359,10 @@ func (h *Handler) begin(r *http.Request) *exchange {
 	// A client's id is kept for tracing, unless it holds what looks like a
 	// key: the id goes into every log line and audit event.
 	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) && !strings.Contains(v[0], h.format.Prefix()) {
-		e.requestID = v[0]
+		e.hv[hvRequestID] = v[0]
 	} else {
-		e.requestID = h.ids.next(&e.idBuf)
+		e.hv[hvRequestID] = h.ids.next(&e.idBuf)
 	}
-	e.hv[hvRequestID] = e.requestID
 	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		e.peer = host
 		if len(h.trusted) > 0 {

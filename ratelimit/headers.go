@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 )
 
 // Canonical header keys, so WriteHeaders can assign to the map directly.
@@ -36,13 +37,20 @@ const policyName = `"user"`
 // Remaining is back at Limit. Stating Requests there instead would make
 // a fresh client look as if it had spent Requests - Burst already.
 //
-// It allocates twice: the policy values are prepared once per policy.
+// It allocates once (the values' memory): the policy values are prepared
+// once per policy.
 func WriteHeaders(h http.Header, r Result) { new(HeaderValues).Write(h, r) }
 
 // HeaderValues holds the values of the headers WriteHeaders sets that
-// change with every result. A caller that keeps one in its per-request
-// state saves an allocation: Write allocates once.
-type HeaderValues [4]string
+// change with every result, and their bytes. A caller that keeps one in
+// its per-request state saves the allocation: Write allocates only for
+// values too long for its buffer (a million requests or seconds).
+type HeaderValues struct {
+	vals [4]string
+	// buf holds r=, t= and Retry-After of up to 6 digits each; longer
+	// values take an allocation.
+	buf [48]byte
+}
 
 // Write sets the headers WriteHeaders sets, their values held in v; v must
 // not be reused while h is in use.
@@ -60,10 +68,10 @@ func (v *HeaderValues) Write(h http.Header, r Result) {
 	}
 	reset := ceilSeconds(r.ResetAfter)
 
-	// One string holds every changing value; the header values are slices
-	// of it, which costs one allocation instead of one per header.
-	var buf [96]byte
-	b := append(buf[:0], policyName...)
+	// One string holds every changing value, and the header values are
+	// slices of it. Its bytes are v.buf's (or, past its end, a new
+	// array's) and are not written again.
+	b := append(v.buf[:0], policyName...)
 	b = append(b, ";r="...)
 	b = strconv.AppendInt(b, int64(remaining), 10)
 	b = append(b, ";t="...)
@@ -76,9 +84,9 @@ func (v *HeaderValues) Write(h http.Header, r Result) {
 	if !r.Allowed {
 		b = strconv.AppendInt(b, max(ceilSeconds(r.RetryAfter), 1), 10)
 	}
-	s := string(b)
+	s := unsafe.String(unsafe.SliceData(b), len(b))
 
-	vals := v[:]
+	vals := v.vals[:]
 	vals[0] = s[:endRateLimit]
 	vals[1] = s[endRateLimit:endRemaining]
 	vals[2] = s[endRemaining:endReset]
