@@ -5,13 +5,12 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"go.uber.org/zap/zapcore"
 )
 
 // AppendJSON appends the event's JSON encoding to b: byte for byte what
-// encoding/json produces for Event, without reflection, so the Redis sink
-// can encode a batch into one buffer. The fuzz test holds the two equal.
+// encoding/json produces for Event, without reflection: the Redis and log
+// sinks encode with it (a fifth of the cost of zap's field-by-field
+// encoder). The fuzz test holds the two equal.
 func (e *Event) AppendJSON(b []byte) []byte {
 	b = append(b, `{"id":`...)
 	b = appendString(b, e.ID)
@@ -40,42 +39,6 @@ func (e *Event) AppendJSON(b []byte) []byte {
 	b = appendField(b, `,"user_agent":`, e.UserAgent)
 	b = appendField(b, `,"outcome":`, e.Outcome)
 	return append(b, '}')
-}
-
-// MarshalLogObject lets zap encode the event field by field (no reflection),
-// with the same names and omissions as its JSON form.
-func (e *Event) MarshalLogObject(enc zapcore.ObjectEncoder) error {
-	enc.AddString("id", e.ID)
-	// A string, not AddTime: the logger's time encoder may be epoch
-	// seconds, and the event must have the same shape in every sink.
-	var buf [48]byte
-	enc.AddByteString("time", e.Time.AppendFormat(buf[:0], time.RFC3339Nano))
-	enc.AddString("type", e.Type)
-	addString(enc, "request_id", e.RequestID)
-	addString(enc, "key_id", e.KeyID)
-	addString(enc, "key_start", e.KeyStart)
-	addString(enc, "user_id", e.UserID)
-	addString(enc, "team_id", e.TeamID)
-	addString(enc, "role", e.Role)
-	addString(enc, "actor", e.Actor)
-	addString(enc, "method", e.Method)
-	addString(enc, "path", e.Path)
-	if e.Status != 0 {
-		enc.AddInt("status", e.Status)
-	}
-	if e.DurationMS != 0 && !math.IsNaN(e.DurationMS) && !math.IsInf(e.DurationMS, 0) {
-		enc.AddFloat64("duration_ms", e.DurationMS)
-	}
-	addString(enc, "client_ip", e.ClientIP)
-	addString(enc, "user_agent", e.UserAgent)
-	addString(enc, "outcome", e.Outcome)
-	return nil
-}
-
-func addString(enc zapcore.ObjectEncoder, key, v string) {
-	if v != "" {
-		enc.AddString(key, v)
-	}
 }
 
 func appendField(b []byte, key, v string) []byte {
