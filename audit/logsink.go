@@ -38,9 +38,10 @@ const lineChunk = 64 << 10
 // message keys) with the event as an object under "event", so the event's
 // own "time" can never collide with the logger's keys. The event is a
 // Reflect field: a logger whose EncoderConfig.NewReflectedEncoder calls
-// Event.AppendJSON (as keyproxy's does) encodes it without reflection and
-// at a seventh of the cost of zap's field-by-field encoder; any other
-// encodes it with encoding/json, to the same JSON.
+// Event.AppendJSON (as keyproxy's does) encodes it without reflection:
+// with keyproxy's logger the sink's CPU per event went from 2.0 µs, with
+// zap's field-by-field encoder, to 1.5 µs (BenchmarkAuditLogSink). Any
+// other logger encodes it with encoding/json, to the same JSON.
 func NewLogSink(l *zap.Logger) *LogSink { return &LogSink{core: l.Core(), name: l.Name()} }
 
 // NewEventLogSink writes lines that are exactly the event and nothing else

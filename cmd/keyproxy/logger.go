@@ -61,8 +61,9 @@ func newLogger(level, format string, w io.Writer, flush time.Duration) (_ *zap.L
 type jsonAppender interface{ AppendJSON([]byte) []byte }
 
 // reflectedEncoder encodes zap's Reflect fields: a jsonAppender by its own
-// method (an audit event in 0.3 µs, where zap's field-by-field encoder
-// took 2 µs), anything else as zap's default encoder does.
+// method (an audit event costs the log sink 1.5 µs of CPU so, 2.0 µs with
+// zap's field-by-field encoder: BenchmarkAuditLogSink), anything else as
+// zap's default encoder does.
 type reflectedEncoder struct {
 	w       io.Writer
 	scratch *sync.Pool // *[]byte
