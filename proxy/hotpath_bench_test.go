@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/audit"
 	"github.com/wevion/keyproxy/keystore"
@@ -36,8 +37,8 @@ func (stubTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // newProductionHandler wires the handler as serve does on a single node:
 // keystore's Resolver (cache warm for the key), the local limiter with its
-// headers, metrics on a registry, an audit recorder.
-func newProductionHandler(tb testing.TB, rt http.RoundTripper) (*Handler, string) {
+// headers, metrics on a registry, an audit recorder; mods change that.
+func newProductionHandler(tb testing.TB, rt http.RoundTripper, mods ...func(*Config)) (*Handler, string) {
 	tb.Helper()
 	format, _ := keystore.NewFormat("wev_")
 	key, err := format.Generate()
@@ -54,11 +55,15 @@ func newProductionHandler(tb testing.TB, rt http.RoundTripper) (*Handler, string
 	}
 	lim := ratelimit.NewLocal(ratelimit.Policies{Default: ratelimit.Limit{Requests: 1_000_000, Per: time.Second, Burst: 1_000_000}}, ratelimit.LocalOptions{})
 	tb.Cleanup(lim.Close)
-	h, err := New(Config{
+	cfg := Config{
 		Upstream: &url.URL{Scheme: "http", Host: "backend.internal"}, Format: format, Resolver: resolver,
 		Limiter: lim, RateLimitHeaders: (*ratelimit.HeaderValues).Write, Recorder: nopRecorder{},
 		Logger: zap.NewNop(), Registerer: prometheus.NewRegistry(), Transport: rt,
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	h, err := New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -123,13 +128,17 @@ func BenchmarkHotPath(b *testing.B) {
 	})
 }
 
-// nopWriter is a ResponseWriter that keeps nothing, reused across
-// iterations so the benchmark counts only the handler's allocations.
-type nopWriter struct{ h http.Header }
+// nopWriter is a ResponseWriter that keeps nothing but the status,
+// reused across iterations so the benchmark counts only the handler's
+// allocations.
+type nopWriter struct {
+	h      http.Header
+	status int
+}
 
 func (w *nopWriter) Header() http.Header         { return w.h }
 func (w *nopWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (w *nopWriter) WriteHeader(int)             {}
+func (w *nopWriter) WriteHeader(code int)        { w.status = code }
 
 // BenchmarkServeHTTP compares the whole handler with a bare
 // httputil.ReverseProxy, both over the same instant in-process transport:
@@ -144,12 +153,18 @@ func BenchmarkServeHTTP(b *testing.B) {
 		Transport: stubTransport{},
 	}
 	h, key := newProductionHandler(b, stubTransport{})
+	// The access log as serve writes it by default: a JSON line per request
+	// (here to io.Discard, unbuffered).
+	logged, loggedKey := newProductionHandler(b, stubTransport{}, func(c *Config) {
+		enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
+		c.Logger, c.AccessLog = zap.New(zapcore.NewCore(enc, zapcore.AddSync(io.Discard), zapcore.InfoLevel)), true
+	})
 	for _, tt := range []struct {
-		name string
-		h    http.Handler
-	}{{"bare", bare}, {"keyproxy", h}} {
+		name, key string
+		h         http.Handler
+	}{{"bare", key, bare}, {"keyproxy", key, h}, {"keyproxy+access-log", loggedKey, logged}} {
 		b.Run(tt.name, func(b *testing.B) {
-			r := benchRequest(key)
+			r := benchRequest(tt.key)
 			w := &nopWriter{}
 			b.ReportAllocs()
 			for b.Loop() {
@@ -158,6 +173,9 @@ func BenchmarkServeHTTP(b *testing.B) {
 					w.h = http.Header{}
 				}
 				tt.h.ServeHTTP(w, r)
+			}
+			if w.status != http.StatusOK {
+				b.Fatalf("status %d: the benchmark measured a refusal", w.status)
 			}
 		})
 	}

@@ -1,12 +1,17 @@
 package proxy_test
 
 import (
+	"bytes"
 	"fmt"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/audit"
 	"github.com/wevion/keyproxy/keystore"
@@ -184,6 +189,46 @@ func TestAccessLogHasOneLinePerRequest(t *testing.T) {
 		}
 		if _, ok := got["duration"].(time.Duration); !ok {
 			t.Errorf("%s: duration = %v", id, got["duration"])
+		}
+	}
+}
+
+// syncBuffer is a log destination the server's goroutines write while the
+// test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// The access line's fields are added by one marshaler (zap.Inline); in
+// JSON they stand flat, in this order, with an empty key_id kept.
+func TestAccessLogLineInJSON(t *testing.T) {
+	var out syncBuffer
+	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{MessageKey: "msg", EncodeDuration: zapcore.StringDurationEncoder})
+	e := newEnv(t, func(c *proxy.Config) {
+		c.Logger = zap.New(zapcore.NewCore(enc, zapcore.AddSync(&out), zapcore.InfoLevel))
+	})
+	e.do(t, "GET", "/v1/things?x=1", [][2]string{bearer(e.validKey), {"X-Request-Id", "json-1"}})
+	e.do(t, "DELETE", "/v1/other", [][2]string{{"X-Request-Id", "json-2"}})
+	e.rec.wait(t, 2)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^\{"msg":"request","request_id":"json-1","key_id":"` + e.identity.KeyID + `","method":"GET","path":"/v1/things","status":200,"duration":"[0-9.]+[µnm]?s","outcome":"allowed"\}$`),
+		regexp.MustCompile(`(?m)^\{"msg":"request","request_id":"json-2","key_id":"","method":"DELETE","path":"/v1/other","status":401,"duration":"[0-9.]+[µnm]?s","outcome":"missing_key"\}$`),
+	} {
+		if !want.MatchString(out.String()) {
+			t.Errorf("no line matches %s in:\n%s", want, out.String())
 		}
 	}
 }
