@@ -44,10 +44,10 @@ func WriteHeaders(h http.Header, r Result) { new(HeaderValues).Write(h, r) }
 // HeaderValues holds the values of the headers WriteHeaders sets that
 // change with every result, and their bytes. A caller that keeps one in
 // its per-request state saves the allocation: Write allocates only for
-// values too long for its buffer (a million requests or seconds).
+// values too long for its buffer (ten million requests or seconds).
 type HeaderValues struct {
 	vals [4]string
-	// buf holds r=, t= and Retry-After of up to 6 digits each; longer
+	// buf holds r=, t= and Retry-After of up to 7 digits each; longer
 	// values take an allocation.
 	buf [48]byte
 }
