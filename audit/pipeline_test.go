@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -339,5 +340,26 @@ func TestPipeline_SpillsToTheLoggerByDefault(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("the spilled event is not in the log")
+	}
+}
+
+// Batches are reused however many collections pass between a release and
+// the next batch (sync.Pool, used before, dropped them at the second).
+func TestPipeline_ReusesBatchesAcrossCollections(t *testing.T) {
+	p := newTestPipeline(t, Options{BatchSize: 8}, newMemSink("a"))
+	b := p.newBatch()
+	b.events = append(b.events, Event{Type: TypeAPIRequest, Path: "/kept?"})
+	p.recycle(b)
+	runtime.GC()
+	runtime.GC()
+	got := p.newBatch()
+	if got != b {
+		t.Fatal("a released batch was not reused after two collections")
+	}
+	if len(got.events) != 0 || cap(got.events) != 8 {
+		t.Fatalf("reused batch has %d events, capacity %d; want 0 and 8", len(got.events), cap(got.events))
+	}
+	if e := got.events[:1][0]; e != (Event{}) {
+		t.Fatalf("reused batch still holds %+v: its strings stay reachable", e)
 	}
 }
