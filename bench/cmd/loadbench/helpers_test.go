@@ -1,8 +1,11 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/wevion/keyproxy/bench/loadgen"
 )
 
 func TestParseWrk_ReadsTheScriptSummary(t *testing.T) {
@@ -85,5 +88,33 @@ func TestSumMetric_AddsEveryLabelSetOfThatMetricOnly(t *testing.T) {
 	}
 	if got := sumMetric(expo, "keyproxy_audit_dropped_total"); got != 1 {
 		t.Fatalf("dropped %v, want 1", got)
+	}
+}
+
+func TestPrintBaseline_RoundByRoundMedians(t *testing.T) {
+	thr := func(reqs int, cpu time.Duration) measurement {
+		return measurement{res: loadgen.Result{Requests: reqs, Elapsed: time.Second}, cpuPerReq: cpu}
+	}
+	lat := func(p99 time.Duration, held bool) measurement {
+		return measurement{res: loadgen.Result{P99: p99}, held: held}
+	}
+	kp := &target{name: "keyproxy",
+		thr: []measurement{thr(1100, 90*time.Microsecond), thr(900, 100*time.Microsecond), thr(1000, 80*time.Microsecond)},
+		lat: []measurement{lat(3*time.Millisecond, true), lat(50*time.Millisecond, false), lat(2*time.Millisecond, true)}}
+	base := &target{name: "baseline",
+		thr: []measurement{thr(1000, 99*time.Microsecond), thr(1000, 100*time.Microsecond), thr(1000, 100*time.Microsecond)},
+		lat: []measurement{lat(4*time.Millisecond, true), lat(time.Millisecond, true), lat(4*time.Millisecond, true)}}
+	var out strings.Builder
+	printBaseline(&out, []*target{{name: "bare"}, kp, base})
+	// Throughput 1.1, 0.9, 1.0; CPU 1.1, 1.0, 1.25; p99 -1 and -2 ms
+	// (round 2 was over capacity for keyproxy: left out).
+	want := "keyproxy against baseline, medians of the rounds: throughput 1.000×, CPU ratio 1.100×, p99 -1500 µs (2 rounds)\n"
+	if out.String() != want {
+		t.Errorf("got  %q\nwant %q", out.String(), want)
+	}
+	out.Reset()
+	printBaseline(&out, []*target{kp})
+	if out.Len() != 0 {
+		t.Errorf("printed %q without a baseline", out.String())
 	}
 }

@@ -145,6 +145,43 @@ func printTargets(w io.Writer, ts []*target) {
 	if pair != nil {
 		printStretch(w, ts, pair)
 	}
+	printBaseline(w, ts)
+}
+
+// printBaseline compares keyproxy with the -baseline build round by round,
+// each round's pair measured minutes apart at most.
+func printBaseline(w io.Writer, ts []*target) {
+	var kp, base *target
+	for _, t := range ts {
+		switch t.name {
+		case "keyproxy":
+			kp = t
+		case "baseline":
+			base = t
+		}
+	}
+	if kp == nil || base == nil {
+		return
+	}
+	var thr, cpu, p99 []float64
+	for r := range min(len(kp.thr), len(base.thr)) {
+		if b := base.thr[r].res.Throughput(); b > 0 {
+			thr = append(thr, kp.thr[r].res.Throughput()/b)
+		}
+		if c := kp.thr[r].cpuPerReq; c > 0 {
+			cpu = append(cpu, float64(base.thr[r].cpuPerReq)/float64(c))
+		}
+	}
+	for r := range min(len(kp.lat), len(base.lat)) {
+		if kp.lat[r].held && base.lat[r].held {
+			p99 = append(p99, float64(kp.lat[r].res.P99-base.lat[r].res.P99))
+		}
+	}
+	fmt.Fprintf(w, "keyproxy against baseline, medians of the rounds: throughput %.3f×, CPU ratio %.3f×", median(thr), median(cpu))
+	if len(p99) > 0 {
+		fmt.Fprintf(w, ", p99 %+.0f µs (%d rounds)", median(p99)/1e3, len(p99))
+	}
+	fmt.Fprintln(w)
 }
 
 // printStretch compares each single-node keyproxy with the nginx pair,

@@ -39,6 +39,7 @@ type options struct {
 	only       string
 	env        string
 	nginx      string
+	baseline   string
 }
 
 // target is one proxy under test.
@@ -87,6 +88,7 @@ func runCmd(args []string) error {
 	fs.IntVar(&o.perUser, "per-user-limit", 600_000, "rate limit per user per minute: generous, so the limiter decides every request but refuses none")
 	fs.StringVar(&o.only, "only", "", "comma-separated target names to run (default: all)")
 	fs.StringVar(&o.nginx, "nginx", "", "nginx binary for the nginx-auth comparison (default: nginx on PATH; none: the target is left out)")
+	fs.StringVar(&o.baseline, "baseline", "", "a second keyproxy binary, run with its defaults as target \"baseline\" in every round: two builds compared in one run, as this machine's noise allows no other way")
 	fs.StringVar(&o.env, "env", "", "space-separated KEYPROXY_NAME=value settings added to every keyproxy target (to measure a setting)")
 	_ = fs.Parse(args)
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
@@ -223,15 +225,20 @@ func (b *bench) setup(ctx context.Context) error {
 		name, desc string
 		env        []string
 		redis      bool
+		bin        string
 	}{
-		{"keyproxy", "keyproxy, defaults (access log on, audit sinks [log, store])", nil, false},
-		{"no-access-log", "keyproxy, log.access=false", []string{"KEYPROXY_LOG_ACCESS=false"}, false},
-		{"audit-store-only", "keyproxy, log.access=false, audit.sinks=[store]", []string{"KEYPROXY_LOG_ACCESS=false", "KEYPROXY_AUDIT_SINKS=store"}, false},
-		{"redis", "keyproxy + Redis (cache, revocation, GCRA limits), defaults", nil, true},
+		{name: "keyproxy", desc: "keyproxy, defaults (access log on, audit sinks [log, store])"},
+		{name: "baseline", desc: "-baseline " + b.o.baseline + ", defaults", bin: b.o.baseline},
+		{name: "no-access-log", desc: "keyproxy, log.access=false", env: []string{"KEYPROXY_LOG_ACCESS=false"}},
+		{name: "audit-store-only", desc: "keyproxy, log.access=false, audit.sinks=[store]", env: []string{"KEYPROXY_LOG_ACCESS=false", "KEYPROXY_AUDIT_SINKS=store"}},
+		{name: "redis", desc: "keyproxy + Redis (cache, revocation, GCRA limits), defaults", redis: true},
 	}
 	for _, v := range variants {
-		if !want(v.name) {
+		if !want(v.name) || v.name == "baseline" && v.bin == "" {
 			continue
+		}
+		if v.bin == "" {
+			v.bin = b.o.keyproxy
 		}
 		if v.redis {
 			if err := b.startRedis(ctx); err != nil {
@@ -242,7 +249,7 @@ func (b *bench) setup(ctx context.Context) error {
 			}
 			v.env = append(v.env, "KEYPROXY_REDIS_ADDR="+b.redisAddr())
 		}
-		t, err := b.startKeyproxy(ctx, v.name, v.desc, v.env)
+		t, err := b.startKeyproxy(ctx, v.bin, v.name, v.desc, v.env)
 		if err != nil {
 			if v.redis {
 				b.redisOff = "keyproxy did not start in Redis mode: " + firstLine(err.Error())
@@ -333,7 +340,7 @@ func (b *bench) redisAddr() string {
 	return ""
 }
 
-func (b *bench) startKeyproxy(ctx context.Context, name, desc string, extraEnv []string) (*target, error) {
+func (b *bench) startKeyproxy(ctx context.Context, bin, name, desc string, extraEnv []string) (*target, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -359,7 +366,7 @@ func (b *bench) startKeyproxy(ctx context.Context, name, desc string, extraEnv [
 		"KEYPROXY_RATELIMIT_DEFAULT_BURST=" + strconv.Itoa(max(b.o.perUser/60, 100)),
 	}, extraEnv...)
 	env = append(env, strings.Fields(b.o.env)...)
-	p, err := b.start(name, b.o.proxyCPUs, env, b.o.keyproxy, "serve")
+	p, err := b.start(name, b.o.proxyCPUs, env, bin, "serve")
 	if err != nil {
 		return nil, err
 	}
