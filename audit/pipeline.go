@@ -99,10 +99,10 @@ type Pipeline struct {
 
 	// free holds released batches for reuse. A sync.Pool drops what it
 	// holds at the second collection, and batches turn over about as
-	// slowly as the collector runs: at half the benchmark's peak nearly
-	// every batch was allocated anew, 143 KiB each, a twentieth of all the
-	// bytes keyproxy allocated. A few idle batches cost the collector less
-	// than that churn.
+	// slowly as the collector runs: at half the benchmark's peak two
+	// batches a second were allocated anew (keyproxy's hold 4096 events,
+	// 1.1 MiB), 3.7% of all the bytes keyproxy allocated. A few idle batches, their
+	// events cleared, cost the collector less than that churn.
 	free chan *batch
 
 	shutdownSpilled, shutdownDropped atomic.Int64
