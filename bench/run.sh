@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # keyproxy's benchmark, one command on a fresh Debian machine with Go:
 #
-#   bench/run.sh                 # full run (about 8 minutes on 2 cores)
+#   bench/run.sh                 # full run (about 15 minutes on 2 cores)
 #   bench/run.sh -rounds 5       # flags go to `loadbench run` (see -h)
-#   QUICK=1 bench/run.sh         # short smoke run (about 1.5 minutes)
+#   QUICK=1 bench/run.sh         # short smoke run (about 3 minutes)
 #   SKIP_STORE=1 bench/run.sh    # load benchmark only
 #
 # 1. installs wrk and redis-server with apt-get when missing (without wrk the
 #    built-in Go generator is used instead);
 # 2. builds keyproxy and bench/cmd/loadbench, unpacks Debian's nginx when it
 #    is not installed, then runs the side-by-side load benchmark: a bare
-#    httputil.ReverseProxy, keyproxy (single node, with and without its logs,
-#    and with Redis) and nginx auth_request with a Go key-check service, in
-#    front of the same backend, pinned to their own core, alternating round
-#    by round;
+#    httputil.ReverseProxy, the same again as a control (its figures are the
+#    run's noise), keyproxy (single node, with and without its logs, and with
+#    Redis) and nginx auth_request with a Go key-check service, in front of
+#    the same backend, pinned to their own core, alternating round by round;
 # 3. runs the key store benchmark: Resolve on a cache miss with 1 k and 1 M
 #    keys in SQLite (and PostgreSQL when KEYPROXY_TEST_POSTGRES_DSN is set),
 #    and the memory a cached key takes.

@@ -118,3 +118,20 @@ func TestPrintBaseline_RoundByRoundMedians(t *testing.T) {
 		t.Errorf("printed %q without a baseline", out.String())
 	}
 }
+
+func TestPrintControl_StatesTheNoiseSpread(t *testing.T) {
+	ctl := &target{name: "bare-again", control: true,
+		thr: []measurement{{ratio: 0.9}, {ratio: 1.2}, {ratio: 1.0}},
+		lat: []measurement{
+			{added: true, addP99: 3 * time.Millisecond},
+			{added: true, addP99: -2 * time.Millisecond},
+			{added: false, addP99: 40 * time.Millisecond}, // over capacity: left out
+			{added: true, addP99: 500 * time.Microsecond},
+		}}
+	var out strings.Builder
+	printControl(&out, []*target{{name: "bare"}, {name: "keyproxy"}, ctl})
+	want := "control (bare-again, the same bare proxy again): throughput 1.000 of bare; added p99 500 µs, over 1 ms in 1 of 3 rounds, from -2000 µs to 3000 µs: noise, since nothing differs\n"
+	if out.String() != want {
+		t.Errorf("got  %q\nwant %q", out.String(), want)
+	}
+}

@@ -123,7 +123,7 @@ func printTargets(w io.Writer, ts []*target) {
 		}
 	}
 	for _, t := range ts {
-		if t.name == "bare" || t.pair != nil {
+		if t.name == "bare" || t.pair != nil || t.control {
 			continue
 		}
 		want := 0.90
@@ -146,6 +146,27 @@ func printTargets(w io.Writer, ts []*target) {
 		printStretch(w, ts, pair)
 	}
 	printBaseline(w, ts)
+	printControl(w, ts)
+}
+
+// printControl states what the second bare proxy "added": the same binary
+// as bare, so every figure it shows is the machine's noise in this run. An
+// added p99 of keyproxy's within that spread says nothing either way.
+func printControl(w io.Writer, ts []*target) {
+	for _, t := range ts {
+		if !t.control {
+			continue
+		}
+		ratio := median(collect(t.thr, func(m measurement) float64 { return m.ratio }))
+		fmt.Fprintf(w, "control (%s, the same bare proxy again): throughput %.3f of bare", t.name, ratio)
+		if added := filter(t.lat, func(m measurement) bool { return m.added }); len(added) > 0 {
+			p99 := collect(added, func(m measurement) float64 { return float64(m.addP99) })
+			over, n := roundsOver(t.lat, time.Millisecond)
+			fmt.Fprintf(w, "; added p99 %s, over 1 ms in %d of %d rounds, from %s to %s",
+				fmtDur(time.Duration(median(p99))), over, n, fmtDur(time.Duration(slices.Min(p99))), fmtDur(time.Duration(slices.Max(p99))))
+		}
+		fmt.Fprintln(w, ": noise, since nothing differs")
+	}
 }
 
 // printBaseline compares keyproxy with the -baseline build round by round,
@@ -190,7 +211,7 @@ func printStretch(w io.Writer, ts []*target, pair *target) {
 	fmt.Fprintf(w, "stretch: at least the throughput of %s (%.3f of bare)\n", pair.name,
 		median(collect(pair.thr, func(m measurement) float64 { return m.ratio })))
 	for _, t := range ts {
-		if t.name == "bare" || t.pair != nil || len(t.extra) > 0 {
+		if t.name == "bare" || t.pair != nil || len(t.extra) > 0 || t.control {
 			continue
 		}
 		var rs []float64

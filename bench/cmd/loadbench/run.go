@@ -40,6 +40,7 @@ type options struct {
 	env        string
 	nginx      string
 	baseline   string
+	control    bool
 }
 
 // target is one proxy under test.
@@ -49,6 +50,7 @@ type target struct {
 	proc       *proc
 	extra      []*proc // processes whose CPU counts toward the target (redis-server)
 	pair       *proc   // nginx-auth's key-check service, on the proxy's core
+	control    bool    // a second bare proxy: what it "adds" is the run's noise
 	keys       []string
 	adminURL   string
 	thr, lat   []measurement
@@ -89,6 +91,7 @@ func runCmd(args []string) error {
 	fs.StringVar(&o.only, "only", "", "comma-separated target names to run (default: all)")
 	fs.StringVar(&o.nginx, "nginx", "", "nginx binary for the nginx-auth comparison (default: nginx on PATH; none: the target is left out)")
 	fs.StringVar(&o.baseline, "baseline", "", "a second keyproxy binary, run with its defaults as target \"baseline\" in every round: two builds compared in one run, as this machine's noise allows no other way")
+	fs.BoolVar(&o.control, "control", true, "run a second bare proxy as target \"bare-again\": its added p99 and ratio are what the machine's noise alone produces in this run")
 	fs.StringVar(&o.env, "env", "", "space-separated KEYPROXY_NAME=value settings added to every keyproxy target (to measure a setting)")
 	_ = fs.Parse(args)
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
@@ -217,8 +220,14 @@ func (b *bench) setup(ctx context.Context) error {
 		return false
 	}
 	if want("bare") {
-		if err := b.startBare(ctx); err != nil {
+		if err := b.startBare(ctx, "bare", "bare httputil.ReverseProxy (MaxIdleConnsPerHost 1024)"); err != nil {
 			return err
+		}
+		if b.o.control {
+			if err := b.startBare(ctx, "bare-again", "the same bare proxy, a second process: the control, whose figures are noise"); err != nil {
+				return err
+			}
+			b.targets[len(b.targets)-1].control = true
 		}
 	}
 	variants := []struct {
@@ -272,19 +281,19 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
-func (b *bench) startBare(ctx context.Context) error {
+func (b *bench) startBare(ctx context.Context, name, desc string) error {
 	addr, err := freeAddr()
 	if err != nil {
 		return err
 	}
-	p, err := b.start("bare", b.o.proxyCPUs, []string{"GOMAXPROCS=1"}, b.self, "bare", "-listen", addr, "-upstream", "http://"+b.upAddr)
+	p, err := b.start(name, b.o.proxyCPUs, []string{"GOMAXPROCS=1"}, b.self, "bare", "-listen", addr, "-upstream", "http://"+b.upAddr)
 	if err != nil {
 		return err
 	}
 	if err := waitHTTP(ctx, p, "http://"+addr+"/", 10*time.Second); err != nil {
 		return err
 	}
-	t := &target{name: "bare", desc: "bare httputil.ReverseProxy (MaxIdleConnsPerHost 1024)", addr: addr, proc: p}
+	t := &target{name: name, desc: desc, addr: addr, proc: p}
 	// The same requests as keyproxy gets, so request sizes match.
 	t.keys, err = randomTokens(b.o.keys)
 	if err != nil {
