@@ -101,8 +101,8 @@ type Pipeline struct {
 	// holds at the second collection, and batches turn over about as
 	// slowly as the collector runs: at half the benchmark's peak two
 	// batches a second were allocated anew (keyproxy's hold 4096 events,
-	// 1.1 MiB), 3.7% of all the bytes keyproxy allocated. A few idle batches, their
-	// events cleared, cost the collector less than that churn.
+	// 1.1 MiB), 3.7% of all the bytes keyproxy allocated. A few idle
+	// batches, their events cleared, cost the collector less than that.
 	free chan *batch
 
 	shutdownSpilled, shutdownDropped atomic.Int64
