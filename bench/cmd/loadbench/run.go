@@ -94,6 +94,17 @@ func runCmd(args []string) error {
 	fs.BoolVar(&o.control, "control", true, "run a second bare proxy as target \"bare-again\": its added p99 and ratio are what the machine's noise alone produces in this run")
 	fs.StringVar(&o.env, "env", "", "space-separated KEYPROXY_NAME=value settings added to every keyproxy target (to measure a setting)")
 	_ = fs.Parse(args)
+	// Processes start in the work directory: a relative binary path would
+	// name nothing there.
+	for _, bin := range []*string{&o.keyproxy, &o.baseline, &o.nginx} {
+		if *bin != "" && strings.ContainsRune(*bin, filepath.Separator) {
+			abs, err := filepath.Abs(*bin)
+			if err != nil {
+				return err
+			}
+			*bin = abs
+		}
+	}
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
 		return errors.New("rounds, conns and keys must be positive and duration at least 1s")
 	}
