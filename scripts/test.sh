@@ -84,7 +84,13 @@ grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
 	pkg="./$(dirname "${f#./}")"
 	grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | sed 's/^func //' | while read -r target; do
 		echo "fuzz $pkg $target ($FUZZTIME)"
-		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/dev/null
+		# Quiet when it passes; the whole output when it fails, which is
+		# the only account of why (a crasher is also saved under the
+		# package's testdata/fuzz).
+		if ! out=$(go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" 2>&1); then
+			printf '%s\n' "$out" >&2
+			exit 1
+		fi
 	done
 done
 echo "test.sh: all tests and fuzz passes OK"
