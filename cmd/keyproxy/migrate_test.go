@@ -21,7 +21,8 @@ func TestMigrate_AppliesTheSchemaOnceThenHasNothingToDo(t *testing.T) {
 	}{
 		{"sqlite", func(t *testing.T) []string {
 			return []string{"KEYPROXY_STORE_DSN=" + filepath.Join(t.TempDir(), "kp.db")}
-		}, "sqlite", "sqlite store ", []string{"migration 1 (teams, users, keys)", "migration 2 (covering indexes for key resolution)"}},
+		}, "sqlite", "sqlite store ", []string{"migration 1 (teams, users, keys)", "migration 2 (covering indexes for key resolution)",
+			"migration 3 (owner and team state on each key)"}},
 		{"postgres", func(t *testing.T) []string {
 			return []string{"KEYPROXY_STORE_DRIVER=postgres", "KEYPROXY_STORE_DSN=" + testserver.NewPostgresDB(t)}
 		}, "pgx", "postgres store postgres@", []string{"migration 1 (teams, users, keys)"}},
