@@ -3,6 +3,8 @@ package keystore
 import (
 	"context"
 	"database/sql"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // OpenSQLiteBusyTimeout lets tests see lock timeouts without waiting 5 s.
@@ -15,4 +17,10 @@ const SQLiteResolveQuery = sqliteResolveQuery
 // up to version, no later.
 func MigrateSQLiteUpTo(ctx context.Context, db *sql.DB, version int) error {
 	return (&SQLite{db: db}).migrate(ctx, version)
+}
+
+// MigratePostgresUpTo gives the database pool reaches the schema of an
+// earlier release: the steps up to version, no later.
+func MigratePostgresUpTo(ctx context.Context, pool *pgxpool.Pool, version int) error {
+	return (&Postgres{pool: pool}).migrate(ctx, version)
 }

@@ -187,8 +187,13 @@ func (p *Postgres) RevokeKey(ctx context.Context, id string, at time.Time) (Key,
 	return k, p.wrap("revoke key", err)
 }
 
+const pgResolveQuery = `SELECT id, user_id, team_id, owner_role, owner_active, team_active,
+		owner_same_team, revoked_at IS NOT NULL, expires_at
+	FROM keys WHERE hash = $1`
+
 // Resolve returns what decides admission for a key hash: one indexed
-// lookup joined with the owner and the key's team.
+// lookup of the key row, which carries its owner's and team's state
+// (migration 2).
 func (p *Postgres) Resolve(ctx context.Context, h Hash) (Identity, error) {
 	if p.closed.Load() {
 		return Identity{}, p.wrap("resolve", errPostgresClosed)
@@ -197,10 +202,7 @@ func (p *Postgres) Resolve(ctx context.Context, h Hash) (Identity, error) {
 		id        Identity
 		expiresAt *time.Time
 	)
-	err := p.pool.QueryRow(ctx, `SELECT k.id, k.user_id, k.team_id, u.role, u.active, t.active,
-			u.team_id = k.team_id, k.revoked_at IS NOT NULL, k.expires_at
-		FROM keys k JOIN users u ON u.id = k.user_id JOIN teams t ON t.id = k.team_id
-		WHERE k.hash = $1`, h[:]).Scan(&id.KeyID, &id.UserID, &id.TeamID, &id.Role, &id.UserActive,
+	err := p.pool.QueryRow(ctx, pgResolveQuery, h[:]).Scan(&id.KeyID, &id.UserID, &id.TeamID, &id.Role, &id.UserActive,
 		&id.TeamActive, &id.SameTeam, &id.Revoked, &expiresAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Identity{}, ErrNotFound

@@ -25,7 +25,8 @@ func TestMigrate_AppliesTheSchemaOnceThenHasNothingToDo(t *testing.T) {
 			"migration 3 (owner and team state on each key)"}},
 		{"postgres", func(t *testing.T) []string {
 			return []string{"KEYPROXY_STORE_DRIVER=postgres", "KEYPROXY_STORE_DSN=" + testserver.NewPostgresDB(t)}
-		}, "pgx", "postgres store postgres@", []string{"migration 1 (teams, users, keys)"}},
+		}, "pgx", "postgres store postgres@", []string{"migration 1 (teams, users, keys)",
+			"migration 2 (owner and team state on each key)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
