@@ -62,9 +62,10 @@ var sqliteMigrations = []sqliteMigration{
 	// of what its owner and team decide (owner_*, team_active), kept by
 	// triggers in the transaction that changes the user or team, so a
 	// demotion still applies at once. A cache miss at a million keys went
-	// from 34 to 26 µs (bench/storebench), the joins' two extra descents
-	// being mostly pages no earlier lookup had read. The copies default to
-	// inactive: a row the triggers missed is refused, not admitted.
+	// from 35 to 26 µs (bench/storebench): the joins' two extra B-tree
+	// descents cost that much even with every page cached, in CPU cache
+	// misses. The copies default to inactive: a row the triggers missed is
+	// refused, not admitted.
 	// Migration 2's indexes stay: a binary of the previous release, still
 	// running during a rolling upgrade, names them in its query.
 	{3, "owner and team state on each key", []string{
