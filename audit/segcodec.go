@@ -246,6 +246,12 @@ func (r *segmentReader) next(ev *rawEvent) (bool, error) {
 	}
 	ev.duration = math.Float64frombits(binary.LittleEndian.Uint64(r.data))
 	r.data = r.data[8:]
+	// The writer stores measured durations only. A NaN or an infinity is
+	// damage, and one that JSON cannot carry: the audit query's response
+	// would fail to encode (testdata/fuzz/FuzzReadSegment/cd5356ec339d5ff0).
+	if math.IsNaN(ev.duration) || math.IsInf(ev.duration, 0) {
+		return false, errCorruptSegment
+	}
 	return true, nil
 }
 
