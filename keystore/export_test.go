@@ -19,8 +19,8 @@ func MigrateSQLiteUpTo(ctx context.Context, db *sql.DB, version int) error {
 	return (&SQLite{db: db}).migrate(ctx, version)
 }
 
-// MigratePostgresUpTo gives the database pool reaches the schema of an
-// earlier release: the steps up to version, no later.
+// MigratePostgresUpTo gives the database that pool reaches the schema of
+// an earlier release: the steps up to version, no later.
 func MigratePostgresUpTo(ctx context.Context, pool *pgxpool.Pool, version int) error {
 	return (&Postgres{pool: pool}).migrate(ctx, version)
 }

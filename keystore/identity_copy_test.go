@@ -71,8 +71,8 @@ func resolved(t *testing.T, s keystore.Store, h keystore.Hash) keystore.Identity
 	return id
 }
 
-// upgradeOwners are what the upgrade tests write with the previous
-// schema, and upgradeWant what each key must resolve to afterwards.
+// upgradeTeams and upgradeUsers are what the upgrade tests write with the
+// previous schema, and upgradeWant what each key must resolve to afterwards.
 var (
 	upgradeTeams = [][2]any{{"team_on", true}, {"team_off", false}}
 	upgradeUsers = [][4]any{
@@ -89,8 +89,8 @@ var (
 )
 
 // writeUpgradeRows writes upgradeTeams, upgradeUsers and one key per
-// upgradeWant through exec, whose statements use SQLite's or PostgreSQL's
-// placeholders as rebind makes them.
+// upgradeWant through exec. The statements use ? placeholders and
+// time.Time arguments; exec adapts both to its store.
 func writeUpgradeRows(t *testing.T, exec func(q string, args ...any) error) {
 	t.Helper()
 	for _, tm := range upgradeTeams {
@@ -233,5 +233,59 @@ func checkCopiesFollow(t *testing.T, s keystore.Store, joined joinedFunc) {
 				t.Fatalf("after step %d (op %d) key %s resolves to %+v, its rows say %+v", step, op, k.ID, got, want)
 			}
 		}
+	}
+}
+
+// A key inserted while a change to its owner runs in another transaction
+// must end with the owner's committed state. The copying trigger locks the
+// owner's row (FOR SHARE), so the change waits for the key's commit and
+// then updates it; without the lock the change's UPDATE skips the key,
+// not yet visible, and the key keeps the state from before the change.
+// CreateKey locks the owner itself, so the key is inserted here directly,
+// as any other writer of the table might.
+func TestPostgres_KeyCopyWaitsForAConcurrentOwnerChange(t *testing.T) {
+	ctx := testserver.Context(t)
+	s := openPostgres(t, pgSchema(t, testserver.NewPostgresDB(t)))
+	if _, _, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "admin", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	h := hashOf(0)
+	if _, err := tx.Exec(ctx, `INSERT INTO keys (id, hash, start, name, user_id, team_id, created_at)
+		VALUES ($1, $2, 'wev_AAAA', 'n', 'usr_1', 'team_a', now())`, keyIDOf(0), h[:]); err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan error, 1)
+	go func() {
+		_, _, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "member", Active: false})
+		changed <- err
+	}()
+	// Let the change run as far as it can: to its end, or to a wait for
+	// the key's transaction.
+	for blocked := false; !blocked; {
+		select {
+		case err := <-changed:
+			changed <- err
+			blocked = true
+		case <-time.After(5 * time.Millisecond):
+			if err := s.Pool().QueryRow(ctx, `SELECT count(*) > 0 FROM pg_stat_activity
+				WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&blocked); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-changed; err != nil {
+		t.Fatal(err)
+	}
+	got, want := resolved(t, s, h), postgresJoined(s.Pool())(t, h)
+	if got != want || got.UserActive || got.Role != "member" {
+		t.Fatalf("the key resolves to %+v; its owner's rows say %+v", got, want)
 	}
 }
