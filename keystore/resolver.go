@@ -83,6 +83,7 @@ type Resolver struct {
 	neg         *otter.Cache[Hash, uint64]
 	gens        [genStripes]atomic.Uint64
 	flight      singleflight.Group
+	readers     *readers
 	coarse      *otter.CoarseClock // nil with an injected or precise clock
 	clock       otter.Clock
 	ttl         time.Duration
@@ -157,7 +158,7 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 	}
 	r := &Resolver{backend: b, pos: pos, neg: neg, coarse: coarse, clock: clock, ttl: ttl,
 		loadTimeout: o.LoadTimeout, refreshing: make(map[Hash]struct{}),
-		refreshQ: make(chan refreshJob, refreshQueue), stopQ: make(chan struct{})}
+		refreshQ: make(chan refreshJob, refreshQueue), stopQ: make(chan struct{}), readers: newReaders()}
 	if clock == nil {
 		r.clock = preciseClock{}
 	}
@@ -210,9 +211,11 @@ func (r *Resolver) fill(ctx context.Context, h Hash, gen *atomic.Uint64) (Identi
 	key := string(h[:])
 	for range maxFillReads {
 		ch := r.flight.DoChan(key, func() (any, error) {
-			lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.loadTimeout)
-			defer cancel()
-			return r.load(lctx, h, gen)
+			return r.readers.do(func() (any, error) {
+				lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.loadTimeout)
+				defer cancel()
+				return r.load(lctx, h, gen)
+			})
 		})
 		var res singleflight.Result
 		select {
@@ -363,7 +366,10 @@ func (r *Resolver) Evict(_ context.Context, hashes []Hash) (confirmed, replicas 
 // Close stops the refresher and the caches' clean-up and clock goroutines. The resolver must
 // not be used afterwards.
 func (r *Resolver) Close() {
-	r.closeOnce.Do(func() { close(r.stopQ) })
+	r.closeOnce.Do(func() {
+		close(r.stopQ)
+		r.readers.close()
+	})
 	r.refreshWG.Wait()
 	r.pos.StopAllGoroutines()
 	r.neg.StopAllGoroutines()
