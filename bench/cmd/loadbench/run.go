@@ -27,6 +27,7 @@ type options struct {
 	duration   time.Duration
 	latencyDur time.Duration
 	warmup     time.Duration
+	rewarm     time.Duration
 	rounds     int
 	conns      int
 	keys       int
@@ -79,6 +80,7 @@ func runCmd(args []string) error {
 	fs.DurationVar(&o.duration, "duration", 4*time.Second, "length of each throughput run")
 	fs.DurationVar(&o.latencyDur, "latency-duration", 4*time.Second, "length of each fixed-rate latency run")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up per target before the first round")
+	fs.DurationVar(&o.rewarm, "rewarm", time.Second, "unmeasured load at the run's own rate before every measured run: taking turns leaves each target idle for longer than keyproxy's key cache TTL (cache.ttl, 10s), which steady traffic never does, so without it every run would start with a cold cache (0: measure from whatever state the previous turn left)")
 	fs.IntVar(&o.rounds, "rounds", 9, "rounds; each runs every target once, in turn (many short rounds: a noisy stretch of the machine then spoils one round, not a target)")
 	fs.IntVar(&o.conns, "conns", 64, "keep-alive connections of the load generator")
 	fs.IntVar(&o.keys, "keys", 1000, "API keys (one user each) the load is spread over")
@@ -107,6 +109,9 @@ func runCmd(args []string) error {
 	}
 	if o.rounds < 1 || o.conns < 1 || o.keys < 1 || o.duration < time.Second {
 		return errors.New("rounds, conns and keys must be positive and duration at least 1s")
+	}
+	if o.rewarm != 0 && o.rewarm < time.Second {
+		return errors.New("rewarm must be 0 or at least 1s (wrk counts whole seconds)")
 	}
 	if err := pinSelf(o.genCPUs); err != nil {
 		return err
