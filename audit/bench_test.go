@@ -59,7 +59,7 @@ func BenchmarkAppendJSON(b *testing.B) {
 }
 
 // BenchmarkSQLStoreWrite measures what the store sink sustains: one op is
-// one batch of 4096 events (the pipeline's batch under load) from 1000
+// one batch of 1024 events (keyproxy's batch under load) from 1000
 // keys of 1000 users in 50 teams, on a table already holding 200 k events.
 func BenchmarkSQLStoreWrite(b *testing.B) {
 	for _, tdb := range testDBs {
@@ -68,7 +68,7 @@ func BenchmarkSQLStoreWrite(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			const size = 4096
+			const size = 1024
 			base := time.Now().UTC().Truncate(time.Microsecond)
 			batch := make([]Event, size)
 			n := 0
