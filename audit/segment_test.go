@@ -2,9 +2,12 @@ package audit
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -197,5 +200,64 @@ func TestSQLStore_MigratesRowsToSegments(t *testing.T) {
 	var n int
 	if err := db.QueryRow(`SELECT count(*) FROM sqlite_master WHERE name = 'audit_events'`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("old table left behind: %d, %v", n, err)
+	}
+}
+
+// A segment's write pauses between its statements, inside its
+// transaction, not only while it encodes: with one P, statements run back
+// to back held it for over a millisecond. At each pause a second
+// connection tries to take the write lock, and finds it held.
+func TestSQLStore_SegmentWritePausesInsideItsTransaction(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db")
+	open := func(dsn string) *sql.DB {
+		db, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = db.Close() })
+		return db
+	}
+	db := open(path + "?_txlock=immediate&_busy_timeout=5000&_journal_mode=WAL&_synchronous=NORMAL")
+	s, err := NewSQLStore(db, SQLite, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := open(path + "?_txlock=immediate&_busy_timeout=0")
+	base := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	batch := make([]Event, 700)
+	for i := range batch {
+		batch[i] = fixedEvent(i, base.Add(time.Duration(i)*time.Millisecond))
+		batch[i].UserID = fmt.Sprintf("usr_%d", i) // 700 refs: three inserts of them
+	}
+	var locked, free int
+	clock := &fakeClock{t: base, step: yieldAfter} // every check finds the budget spent
+	y := yielder{since: clock.t, now: clock.now, sleep: func(time.Duration) {
+		tx, err := probe.Begin()
+		if err != nil {
+			if !strings.Contains(err.Error(), "SQLITE_BUSY") {
+				t.Errorf("probe: %v", err)
+			}
+			locked++
+			return
+		}
+		_ = tx.Rollback()
+		free++
+	}}
+	s.seg.mu.Lock()
+	err = s.writeSegment(context.Background(), batch, &y)
+	s.seg.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After the SELECT, after each of the segment's two inserts, between
+	// the three inserts of refs, and before the commit.
+	if locked != 6 {
+		t.Errorf("%d pauses with the write lock held, want 6 (and %d without)", locked, free)
+	}
+	if free == 0 {
+		t.Error("no pause while encoding")
+	}
+	if n := countRows(t, s); n != len(batch) {
+		t.Errorf("%d events stored, want %d", n, len(batch))
 	}
 }

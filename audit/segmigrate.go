@@ -40,7 +40,7 @@ func (s *SQLStore) migrateRowsToSegments(ctx context.Context, tx *sql.Tx) error 
 		}
 		last := batch[len(batch)-1]
 		lastT, lastID = last.Time.UnixMicro(), last.ID
-		seq, err := appendSegment(ctx, tx, enc.encode(batch, nil), batch, false)
+		seq, err := appendSegment(ctx, tx, enc.encode(batch, nil), batch, false, nil)
 		if err != nil {
 			return err
 		}
@@ -49,7 +49,7 @@ func (s *SQLStore) migrateRowsToSegments(ctx context.Context, tx *sql.Tx) error 
 		}
 		var refs []refKey
 		enc.refs(func(kind int, v string) { refs = append(refs, refKey{kind, v, seq / refBucketSegments}) })
-		if err := insertRefs(ctx, tx, refs); err != nil {
+		if err := insertRefs(ctx, tx, refs, nil); err != nil {
 			return err
 		}
 	}

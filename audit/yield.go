@@ -63,8 +63,9 @@ func (y *yielder) step() {
 }
 
 // pauseIfDue checks the budget now, for work that comes in large units.
+// A nil yielder never pauses (a migration, before any request).
 func (y *yielder) pauseIfDue() {
-	if y.now().Sub(y.since) < yieldAfter {
+	if y == nil || y.now().Sub(y.since) < yieldAfter {
 		return
 	}
 	y.sleep(yieldPause)
