@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wevion/keyproxy/internal/pace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -58,10 +59,10 @@ func (s *LogSink) Write(_ context.Context, batch []Event) error {
 	}
 	ent := zapcore.Entry{Level: zapcore.InfoLevel, LoggerName: s.name, Message: "audit event", Time: time.Now()}
 	fields := make([]zapcore.Field, 1)
-	y := newYielder()
+	y := pace.New()
 	for i := range batch {
 		if i > 0 {
-			y.step()
+			y.Step()
 		}
 		// A copy: a core may keep its fields after Write (zap's observer
 		// does), and the pipeline reuses the batch.
@@ -77,11 +78,11 @@ func (s *LogSink) Write(_ context.Context, batch []Event) error {
 func (s *LogSink) writeLines(batch []Event) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	y := newYielder()
+	y := pace.New()
 	b := s.buf[:0]
 	for i := range batch {
 		if i > 0 {
-			y.step()
+			y.Step()
 		}
 		b = append(batch[i].AppendJSON(b), '\n')
 		if len(b) >= lineChunk || i == len(batch)-1 {

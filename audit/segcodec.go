@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math"
 	"time"
+
+	"github.com/wevion/keyproxy/internal/pace"
 )
 
 // A segment is one stored batch of events in SQLite. Rows of 17 columns
@@ -72,7 +74,7 @@ func newSegmentEncoder() *segmentEncoder {
 
 // encode returns the segment of batch; the result is valid until the next
 // call. y, when not nil, paces the encoding between events.
-func (enc *segmentEncoder) encode(batch []Event, y *yielder) []byte {
+func (enc *segmentEncoder) encode(batch []Event, y *pace.Pacer) []byte {
 	clear(enc.index)
 	enc.strs, enc.kinds = enc.strs[:0], enc.kinds[:0]
 	enc.last, enc.lastIdx = [numRefs]string{}, [numRefs]uint64{}
@@ -95,7 +97,7 @@ func (enc *segmentEncoder) encode(batch []Event, y *yielder) []byte {
 		b = binary.AppendVarint(b, int64(e.Status))
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.DurationMS))
 		if y != nil {
-			y.step()
+			y.Step()
 		}
 	}
 	enc.events = b

@@ -5,11 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wevion/keyproxy/internal/pace"
 )
 
 func decodeAll(t testing.TB, data []byte) []Event {
@@ -230,8 +233,9 @@ func TestSQLStore_SegmentWritePausesInsideItsTransaction(t *testing.T) {
 		batch[i].UserID = fmt.Sprintf("usr_%d", i) // 700 refs: three inserts of them
 	}
 	var locked, free int
-	clock := &fakeClock{t: base, step: yieldAfter} // every check finds the budget spent
-	y := yielder{since: clock.t, now: clock.now, sleep: func(time.Duration) {
+	clock := base
+	now := func() time.Time { clock = clock.Add(pace.Budget); return clock } // every check finds the budget spent
+	y := pace.WithClock(now, func(time.Duration) {
 		tx, err := probe.Begin()
 		if err != nil {
 			if !strings.Contains(err.Error(), "SQLITE_BUSY") {
@@ -242,7 +246,7 @@ func TestSQLStore_SegmentWritePausesInsideItsTransaction(t *testing.T) {
 		}
 		_ = tx.Rollback()
 		free++
-	}}
+	})
 	s.seg.mu.Lock()
 	err = s.writeSegment(context.Background(), batch, &y)
 	s.seg.mu.Unlock()
@@ -259,5 +263,58 @@ func TestSQLStore_SegmentWritePausesInsideItsTransaction(t *testing.T) {
 	}
 	if n := countRows(t, s); n != len(batch) {
 		t.Errorf("%d events stored, want %d", n, len(batch))
+	}
+}
+
+// The writer checkpoints the WAL itself, a few batches' worth at a time,
+// so the WAL file stays small. Left to SQLite's automatic checkpoint it
+// grows to 1000 pages (4 MiB) and is then copied in one long call.
+func TestSQLStore_CheckpointsTheWALInSmallSteps(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.db")
+	db, err := sql.Open("sqlite", path+"?_txlock=immediate&_busy_timeout=5000&_journal_mode=WAL&_synchronous=NORMAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	s, err := NewSQLStore(db, SQLite, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(3, 4))
+	batch := make([]Event, segmentMaxEvents)
+	const batches = 24
+	maxWAL := int64(0)
+	for b := range batches {
+		for i := range batch {
+			n := b*len(batch) + i
+			batch[i] = fixedEvent(n, base.Add(time.Duration(n)*time.Millisecond))
+			// Random request ids and durations: segments that do not
+			// compress to nothing, about 80 bytes an event.
+			batch[i].RequestID = fmt.Sprintf("req-%016x", rng.Uint64())
+			batch[i].DurationMS = rng.Float64() * 100
+		}
+		if err := s.Write(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(path + "-wal")
+		if err != nil {
+			t.Fatal(err)
+		}
+		maxWAL = max(maxWAL, fi.Size())
+	}
+	var segBytes int64
+	if err := db.QueryRow(`SELECT sum(length(data)) FROM audit_segment_data`).Scan(&segBytes); err != nil {
+		t.Fatal(err)
+	}
+	if segBytes < 1<<20 {
+		t.Fatalf("only %d bytes of segments written: the test needs more than the WAL limit it checks", segBytes)
+	}
+	t.Logf("largest WAL file %d bytes, %d bytes of segments", maxWAL, segBytes)
+	if maxWAL > 512<<10 {
+		t.Errorf("WAL file grew to %d bytes while %d bytes of segments were written, want at most 512 KiB", maxWAL, segBytes)
+	}
+	if n := countRows(t, s); n != batches*len(batch) {
+		t.Errorf("%d events stored, want %d", n, batches*len(batch))
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/wevion/keyproxy/internal/pace"
 )
 
 // OpenSQLiteBusyTimeout lets tests see lock timeouts without waiting 5 s.
@@ -23,4 +24,10 @@ func MigrateSQLiteUpTo(ctx context.Context, db *sql.DB, version int) error {
 // an earlier release: the steps up to version, no later.
 func MigratePostgresUpTo(ctx context.Context, pool *pgxpool.Pool, version int) error {
 	return (&Postgres{pool: pool}).migrate(ctx, version)
+}
+
+// NewResolverPaced is NewResolver with the refresh loop's pacer given, so
+// a test can count its pauses.
+func NewResolverPaced(b Backend, o ResolverOptions, newPacer func() pace.Pacer) (*Resolver, error) {
+	return newResolver(b, o, newPacer)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/maypok86/otter/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wevion/keyproxy/internal/pace"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -105,6 +106,11 @@ type Resolver struct {
 // NewResolver builds the cache. It fails only if the metrics cannot be
 // registered (for example twice on one registry).
 func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
+	return newResolver(b, o, pace.New)
+}
+
+// newResolver is NewResolver with the refresh loop's pacer given.
+func newResolver(b Backend, o ResolverOptions, newPacer func() pace.Pacer) (*Resolver, error) {
 	if b == nil {
 		return nil, errors.New("keystore: resolver needs a backend")
 	}
@@ -163,7 +169,7 @@ func NewResolver(b Backend, o ResolverOptions) (*Resolver, error) {
 		r.clock = preciseClock{}
 	}
 	r.refreshWG.Add(1)
-	go r.refreshLoop()
+	go r.refreshLoop(newPacer())
 	if err := r.initMetrics(o.Registerer); err != nil {
 		r.Close()
 		return nil, err
@@ -300,18 +306,32 @@ func (r *Resolver) refresh(h Hash, gen *atomic.Uint64) {
 	}
 }
 
-func (r *Resolver) refreshLoop() {
+// refreshLoop re-reads queued keys one after another, pacing itself: keys
+// filled together come due together, and a runtime trace at half load
+// (GOMAXPROCS=1, 1000 keys) showed the loop holding the only P for 2.5 ms
+// through such a backlog, every request arriving meanwhile waiting behind
+// it. A re-read is not urgent: it runs ahead of the entry's expiry.
+func (r *Resolver) refreshLoop(p pace.Pacer) {
 	defer r.refreshWG.Done()
 	for {
+		var j refreshJob
 		select {
 		case <-r.stopQ:
 			return
-		case j := <-r.refreshQ:
-			r.reread(j.h, j.gen)
-			r.refreshMu.Lock()
-			delete(r.refreshing, j.h)
-			r.refreshMu.Unlock()
+		case j = <-r.refreshQ:
+		default:
+			select {
+			case <-r.stopQ:
+				return
+			case j = <-r.refreshQ:
+			}
+			p.Restart() // the wait was not work
 		}
+		r.reread(j.h, j.gen)
+		r.refreshMu.Lock()
+		delete(r.refreshing, j.h)
+		r.refreshMu.Unlock()
+		p.PauseIfDue()
 	}
 }
 

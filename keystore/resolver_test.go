@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wevion/keyproxy/internal/pace"
 	"github.com/wevion/keyproxy/keystore"
 )
 
@@ -218,6 +219,57 @@ func TestResolver_RefreshFindingTheKeyGoneStopsServingIt(t *testing.T) {
 		_, err := r.Resolve(ctx, k.Hash)
 		return errors.Is(err, keystore.ErrNotFound)
 	})
+}
+
+// A backlog of re-reads is paced: keys filled together come due together,
+// and the loop pauses as its budget says rather than holding the P
+// through the whole backlog.
+func TestResolver_RefreshBacklogIsPaced(t *testing.T) {
+	store := openTemp(t)
+	const n = 20
+	keys := make([]keystore.Key, n)
+	for i := range keys {
+		keys[i] = createKey(t, store, "team_a", fmt.Sprintf("user_%d", i))
+	}
+	b := newTestBackend(store)
+	clock := newFakeClock()
+	var pauses atomic.Int64
+	newPacer := func() pace.Pacer {
+		// The pacer's clock: each store read takes half the budget.
+		return pace.WithClock(func() time.Time {
+			return time.Unix(0, 0).Add(time.Duration(b.calls.Load()) * pace.Budget / 2)
+		}, func(time.Duration) { pauses.Add(1) })
+	}
+	r, err := keystore.NewResolverPaced(b, keystore.ResolverOptions{TTL: 10 * time.Second, Now: clock.Now}, newPacer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	ctx := context.Background()
+	for _, k := range keys {
+		if _, err := r.Resolve(ctx, k.Hash); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.hold() // the first re-read waits until all are queued
+	clock.Advance(9 * time.Second)
+	for _, k := range keys {
+		if _, err := r.Resolve(ctx, k.Hash); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-b.read
+	if p := pauses.Load(); p != 0 {
+		t.Fatalf("%d pauses before the backlog ran, want 0 (the wait for the first job is not work)", p)
+	}
+	close(b.release)
+	waitFor(t, func() bool { return b.calls.Load() == 2*n })
+	// The first re-read starts a run; then a pause after every second one.
+	waitFor(t, func() bool { return pauses.Load() >= n/2 })
+	time.Sleep(10 * time.Millisecond) // a stray pause would come now
+	if p := pauses.Load(); p != n/2 {
+		t.Errorf("%d pauses over %d re-reads of half a budget each, want %d", p, n, n/2)
+	}
 }
 
 // A re-read that began before an invalidation never brings the key back.

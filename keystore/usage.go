@@ -3,11 +3,11 @@ package keystore
 import (
 	"context"
 	"hash/maphash"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/wevion/keyproxy/internal/pace"
 	"go.uber.org/zap"
 )
 
@@ -110,16 +110,9 @@ func (u *UsageTracker) loop() {
 // would stall requests and audit writes for 0.4 s at once.
 const usageChunk = 128
 
-// usagePause separates the chunks. The sleep empties the run queue, so the
-// scheduler polls the network; Gosched then puts the flush behind the
-// requests already waiting, which the timer's wake-up would otherwise put
-// it ahead of (audit's yielder found this with a runtime trace).
+// usagePause separates the chunks (pace.Yield: the requests already
+// waiting run first).
 const usagePause = time.Millisecond
-
-func pauseBetweenChunks() {
-	time.Sleep(usagePause)
-	runtime.Gosched()
-}
 
 // Flush writes what has been touched since the last flush, usageChunk
 // keys per store call. On failure the times not yet written are kept for
@@ -145,7 +138,7 @@ func (u *UsageTracker) Flush(ctx context.Context) error {
 	}
 	for start := 0; start < len(ids); start += usageChunk {
 		if start > 0 {
-			pauseBetweenChunks()
+			pace.Yield(usagePause)
 		}
 		end := min(start+usageChunk, len(ids))
 		chunk := make(map[string]time.Time, end-start)

@@ -1,4 +1,4 @@
-package audit
+package pace
 
 import (
 	"runtime"
@@ -17,7 +17,7 @@ type fakeClock struct {
 
 func (c *fakeClock) now() time.Time { c.t = c.t.Add(c.step); return c.t }
 
-func TestYielderPausesOncePerBudget(t *testing.T) {
+func TestPacerPausesOncePerBudget(t *testing.T) {
 	tests := []struct {
 		name       string
 		perReading time.Duration // clock advance per reading: the work between checks
@@ -28,21 +28,21 @@ func TestYielderPausesOncePerBudget(t *testing.T) {
 		// budget of 200 µs is spent every 20 checks (160 steps).
 		{"fast work pauses rarely", 10 * time.Microsecond, 1600, 10},
 		// Each reading finds the budget spent: a pause at every check.
-		{"slow work pauses at every check", yieldAfter, 80, 10},
-		{"fewer steps than a check never pause", yieldAfter, yieldCheckEvery - 1, 0},
+		{"slow work pauses at every check", Budget, 80, 10},
+		{"fewer steps than a check never pause", Budget, checkEvery - 1, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock := &fakeClock{t: time.Unix(0, 0), step: tt.perReading}
 			pauses := 0
-			y := yielder{since: clock.t, now: clock.now, sleep: func(d time.Duration) {
-				if d != yieldPause {
-					t.Errorf("paused %s, want %s", d, yieldPause)
+			y := WithClock(clock.now, func(d time.Duration) {
+				if d != Pause {
+					t.Errorf("paused %s, want %s", d, Pause)
 				}
 				pauses++
-			}}
+			})
 			for range tt.steps {
-				y.step()
+				y.Step()
 			}
 			if pauses != tt.want {
 				t.Errorf("%d pauses, want %d", pauses, tt.want)
@@ -72,7 +72,7 @@ func TestPauseLetsWaitingGoroutinesRunFirst(t *testing.T) {
 				finished.Add(1)
 			}()
 		}
-		pause(yieldPause)
+		Yield(Pause)
 		done[i] = int(finished.Load())
 		wg.Wait()
 	}
