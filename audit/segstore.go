@@ -88,11 +88,12 @@ type segmentWriter struct {
 // takes the WAL past 1000 pages, and copies all of them in one call: in a
 // runtime trace at half load that held the only P (GOMAXPROCS=1) for
 // 4-9 ms every 4 s, far beyond any pause the writer can make inside a
-// call. A checkpoint every 64 KiB copies a batch's pages, a fraction of a
-// millisecond, after a pause. SQLite's own checkpoint stays as the
-// backstop. The cost is two fsyncs per checkpoint (synchronous=NORMAL),
-// and a blocked syscall gives up the P.
-const checkpointBytes = 64 << 10
+// call. A checkpoint every 256 KiB copies about three batches' pages, after
+// a pause. SQLite's own checkpoint stays as the backstop. Each checkpoint
+// costs two fsyncs (synchronous=NORMAL; a blocked syscall gives up the P):
+// every 64 KiB, the CPU of BenchmarkSQLStoreWrite's process (user+sys,
+// 1000 batches) rose by half; every 256 KiB, by an eighth.
+const checkpointBytes = 256 << 10
 
 func newSegmentWriter() *segmentWriter {
 	w := &segmentWriter{enc: newSegmentEncoder()}
