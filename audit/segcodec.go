@@ -96,9 +96,7 @@ func (enc *segmentEncoder) encode(batch []Event, y *pace.Pacer) []byte {
 		}
 		b = binary.AppendVarint(b, int64(e.Status))
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(e.DurationMS))
-		if y != nil {
-			y.Step()
-		}
+		y.Step()
 	}
 	enc.events = b
 

@@ -105,9 +105,8 @@ func newSegmentWriter() *segmentWriter {
 
 // writeSegments stores batch in segments of up to segmentMaxEvents, one
 // transaction each, yielding between them, and checkpoints the WAL every
-// checkpointBytes. A batch that fails
-// halfway is whole after its retry: the chunks already stored are
-// recognised (appendSegment) and skipped.
+// checkpointBytes. A batch that fails halfway is whole after its retry:
+// the chunks already stored are recognised (appendSegment) and skipped.
 func (s *SQLStore) writeSegments(ctx context.Context, batch []Event) error {
 	w := s.seg
 	w.mu.Lock()
