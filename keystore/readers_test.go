@@ -34,6 +34,22 @@ func liveReaders() int {
 	return bytes.Count(buf, []byte("keystore.(*readers).run("))
 }
 
+// parkedReaders counts readers blocked in their select for the next job.
+// A reader counts itself idle just before it enters the select, so the
+// idle count alone does not say a send would find it: a send in that gap
+// starts a second reader.
+func parkedReaders() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte(" [select")) && bytes.Contains(g, []byte("keystore.(*readers).run(")) {
+			n++
+		}
+	}
+	return n
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -53,7 +69,10 @@ func TestReaders_SequentialReadsReuseOneGoroutine(t *testing.T) {
 	for i := range 20 {
 		// The reader that served the last read is back waiting before the
 		// next arrives, as between two misses of a quiet proxy.
-		waitUntil(t, "previous reader idle", func() bool { return p.idle.Load() == int32(min(i, 1)) })
+		waiting := min(i, 1)
+		waitUntil(t, "previous reader waiting for a job", func() bool {
+			return p.idle.Load() == int32(waiting) && parkedReaders() == waiting
+		})
 		v, err := p.do(func() (any, error) { return goroutineID(t), want })
 		if !errors.Is(err, want) {
 			t.Fatalf("read %d: error %v, want the read's own", i, err)
