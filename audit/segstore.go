@@ -90,7 +90,11 @@ type segmentWriter struct {
 // 4-9 ms every 4 s, far beyond any pause the writer can make inside a
 // call. A checkpoint every 256 KiB copies about three batches' pages, after
 // a pause. SQLite's own checkpoint stays as the backstop. Each checkpoint
-// costs two fsyncs (synchronous=NORMAL; a blocked syscall gives up the P):
+// costs three fsyncs (synchronous=NORMAL: the WAL's and the file's, then
+// the WAL header's when the next commit starts the WAL over), 0.3-2 ms
+// each under load on the benchmark VM's disk (strace -T), and a blocked
+// call keeps the only P: the runtime's monitor, asleep for up to 10 ms,
+// rarely takes it back in time. So checkpoints are not made smaller still:
 // every 64 KiB, the CPU of BenchmarkSQLStoreWrite's process (user+sys,
 // 1000 batches) rose by half; every 256 KiB, by an eighth.
 const checkpointBytes = 256 << 10
