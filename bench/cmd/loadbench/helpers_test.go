@@ -135,3 +135,57 @@ func TestPrintControl_StatesTheNoiseSpread(t *testing.T) {
 		t.Errorf("got  %q\nwant %q", out.String(), want)
 	}
 }
+
+func TestPrintTargets_P99VerdictNeedsAQuietControl(t *testing.T) {
+	rounds := func(p99s ...time.Duration) []measurement {
+		var ms []measurement
+		for _, d := range p99s {
+			ms = append(ms, measurement{added: true, held: true, addP99: d})
+		}
+		return ms
+	}
+	ms := time.Millisecond
+	kp := &target{name: "keyproxy", thr: []measurement{{ratio: 1.1}}, lat: rounds(-5*ms, -4*ms, -6*ms)}
+	slow := &target{name: "slow", thr: []measurement{{ratio: 1.1}}, lat: rounds(3*ms, 2*ms, 4*ms)}
+	for _, tt := range []struct {
+		name    string
+		control *target
+		want    []string
+	}{
+		{"no control: the medians decide", nil, []string{
+			"keyproxy          throughput 1.100 of bare (target ≥ 0.90): met; added p99 -5000 µs, over 1 ms in 0 of 3 rounds (target ≤ 1 ms): met\n",
+			"slow              throughput 1.100 of bare (target ≥ 0.90): met; added p99 3000 µs, over 1 ms in 3 of 3 rounds (target ≤ 1 ms): MISSED\n",
+		}},
+		{"quiet control: within ±1 ms in 2 of 3", &target{name: "bare-again", control: true, lat: rounds(-ms, 500*time.Microsecond, 9*ms)}, []string{
+			"(target ≤ 1 ms): met\n",
+			"(target ≤ 1 ms): MISSED\n",
+		}},
+		{"noisy control: within ±1 ms in 1 of 3", &target{name: "bare-again", control: true, lat: rounds(-20*ms, 0, 30*ms)}, []string{
+			"over 1 ms in 0 of 3 rounds (target ≤ 1 ms): UNDECIDED, the control was within ±1 ms of bare in 1 of 3 rounds (needs 2)\n",
+			"over 1 ms in 3 of 3 rounds (target ≤ 1 ms): UNDECIDED, the control was within ±1 ms of bare in 1 of 3 rounds (needs 2)\n",
+		}},
+		{"control never held the rate", &target{name: "bare-again", control: true, lat: []measurement{{held: false}}}, []string{
+			"UNDECIDED, the control held the rate in no round\n",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := []*target{{name: "bare"}, kp, slow}
+			if tt.control != nil {
+				ts = append(ts, tt.control)
+			}
+			var out strings.Builder
+			printTargets(&out, ts)
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			if tt.control == nil || !strings.Contains(tt.name, "quiet") {
+				return
+			}
+			if strings.Contains(out.String(), "UNDECIDED") {
+				t.Errorf("quiet control, yet undecided:\n%s", out.String())
+			}
+		})
+	}
+}
