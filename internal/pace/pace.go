@@ -21,7 +21,8 @@ const (
 	Budget = 200 * time.Microsecond
 	// Pause is the length of a Pacer's pause.
 	Pause = 20 * time.Microsecond
-	// checkEvery steps the clock is read, not on every one.
+	// checkEvery is how many steps pass between readings of the clock:
+	// a reading costs more than a small step.
 	checkEvery = 8
 )
 

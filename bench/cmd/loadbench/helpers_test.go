@@ -148,23 +148,24 @@ func TestPrintTargets_P99VerdictNeedsAQuietControl(t *testing.T) {
 	kp := &target{name: "keyproxy", thr: []measurement{{ratio: 1.1}}, lat: rounds(-5*ms, -4*ms, -6*ms)}
 	slow := &target{name: "slow", thr: []measurement{{ratio: 1.1}}, lat: rounds(3*ms, 2*ms, 4*ms)}
 	for _, tt := range []struct {
-		name    string
-		control *target
-		want    []string
+		name      string
+		control   *target
+		undecided bool
+		want      []string
 	}{
-		{"no control: the medians decide", nil, []string{
+		{"no control: the medians decide", nil, false, []string{
 			"keyproxy          throughput 1.100 of bare (target ≥ 0.90): met; added p99 -5000 µs, over 1 ms in 0 of 3 rounds (target ≤ 1 ms): met\n",
 			"slow              throughput 1.100 of bare (target ≥ 0.90): met; added p99 3000 µs, over 1 ms in 3 of 3 rounds (target ≤ 1 ms): MISSED\n",
 		}},
-		{"quiet control: within ±1 ms in 2 of 3", &target{name: "bare-again", control: true, lat: rounds(-ms, 500*time.Microsecond, 9*ms)}, []string{
+		{"quiet control: within ±1 ms in 2 of 3", &target{name: "bare-again", control: true, lat: rounds(-ms, 500*time.Microsecond, 9*ms)}, false, []string{
 			"(target ≤ 1 ms): met\n",
 			"(target ≤ 1 ms): MISSED\n",
 		}},
-		{"noisy control: within ±1 ms in 1 of 3", &target{name: "bare-again", control: true, lat: rounds(-20*ms, 0, 30*ms)}, []string{
+		{"noisy control: within ±1 ms in 1 of 3", &target{name: "bare-again", control: true, lat: rounds(-20*ms, 0, 30*ms)}, true, []string{
 			"over 1 ms in 0 of 3 rounds (target ≤ 1 ms): UNDECIDED, the control was within ±1 ms of bare in 1 of 3 rounds (needs 2)\n",
 			"over 1 ms in 3 of 3 rounds (target ≤ 1 ms): UNDECIDED, the control was within ±1 ms of bare in 1 of 3 rounds (needs 2)\n",
 		}},
-		{"control never held the rate", &target{name: "bare-again", control: true, lat: []measurement{{held: false}}}, []string{
+		{"control never held the rate", &target{name: "bare-again", control: true, lat: []measurement{{held: false}}}, true, []string{
 			"UNDECIDED, the control held the rate in no round\n",
 		}},
 	} {
@@ -180,11 +181,8 @@ func TestPrintTargets_P99VerdictNeedsAQuietControl(t *testing.T) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())
 				}
 			}
-			if tt.control == nil || !strings.Contains(tt.name, "quiet") {
-				return
-			}
-			if strings.Contains(out.String(), "UNDECIDED") {
-				t.Errorf("quiet control, yet undecided:\n%s", out.String())
+			if got := strings.Count(out.String(), "UNDECIDED"); tt.undecided != (got > 0) || (tt.undecided && got != 2) {
+				t.Errorf("%d verdicts UNDECIDED, want %v for both targets:\n%s", got, tt.undecided, out.String())
 			}
 		})
 	}
