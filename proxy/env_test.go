@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -150,6 +151,9 @@ type received struct {
 	RequestURI string
 	Host       string
 	Header     http.Header
+	// RemoteAddr tells the proxy's backend connections apart.
+	RemoteAddr string
+	Body       string
 }
 
 // upstream is a real HTTP backend that records what reached it.
@@ -163,9 +167,10 @@ type upstream struct {
 func startUpstream(t *testing.T) *upstream {
 	u := &upstream{}
 	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
+		b, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(b))
 		u.mu.Lock()
-		u.got = append(u.got, received{Method: r.Method, RequestURI: r.RequestURI, Host: r.Host, Header: r.Header.Clone()})
+		u.got = append(u.got, received{Method: r.Method, RequestURI: r.RequestURI, Host: r.Host, Header: r.Header.Clone(), RemoteAddr: r.RemoteAddr, Body: string(b)})
 		next := u.next
 		u.mu.Unlock()
 		if next != nil {
@@ -254,18 +259,18 @@ func newEnv(t *testing.T, opts ...option) *env {
 		logs:     logs,
 		reg:      prometheus.NewRegistry(),
 	}
-	transport := proxy.NewTransport(2 * time.Second)
-	t.Cleanup(transport.CloseIdleConnections)
+	// Transport stays nil: the tests go through the transport production
+	// builds (internal/h1 in front of NewTransport).
 	cfg := proxy.Config{
-		Upstream:   mustURL(t, e.up.srv.URL+"/api"),
-		Format:     format,
-		Resolver:   e.resolver,
-		Recorder:   e.rec,
-		Usage:      e.usage,
-		Transport:  transport,
-		Logger:     zap.New(core),
-		AccessLog:  true,
-		Registerer: e.reg,
+		Upstream:        mustURL(t, e.up.srv.URL+"/api"),
+		UpstreamTimeout: 2 * time.Second,
+		Format:          format,
+		Resolver:        e.resolver,
+		Recorder:        e.rec,
+		Usage:           e.usage,
+		Logger:          zap.New(core),
+		AccessLog:       true,
+		Registerer:      e.reg,
 	}
 	for _, o := range opts {
 		o(&cfg)

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/internal/h1"
 	"github.com/wevion/keyproxy/keystore"
 	"github.com/wevion/keyproxy/ratelimit"
 )
@@ -101,7 +102,9 @@ type Config struct {
 	ThrottleClients int
 	Recorder        Recorder
 	Usage           UsageTracker
-	// Transport reaches the backend; nil means NewTransport(UpstreamTimeout).
+	// Transport reaches the backend; nil means NewTransport(UpstreamTimeout)
+	// behind an inline HTTP/1.1 transport (internal/h1) for bodyless
+	// plain-HTTP requests.
 	Transport http.RoundTripper
 	// Logger receives upstream errors and, with AccessLog, one line per
 	// request. nil: no logging.
@@ -204,7 +207,9 @@ func New(cfg Config) (*Handler, error) {
 	}
 	transport := cfg.Transport
 	if transport == nil {
-		transport = NewTransport(cfg.UpstreamTimeout)
+		// Bodyless plain-HTTP requests, most API calls, make their round
+		// trip on the handler's goroutine; the rest go through net/http.
+		transport = h1.New(NewTransport(cfg.UpstreamTimeout))
 	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,

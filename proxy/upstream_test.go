@@ -59,7 +59,6 @@ func TestUpstreamRefusingConnectionsIs502(t *testing.T) {
 
 func TestSlowUpstreamIs504(t *testing.T) {
 	e := newEnv(t, func(c *proxy.Config) {
-		c.Transport = nil // the handler's own transport applies UpstreamTimeout
 		c.UpstreamTimeout = 100 * time.Millisecond
 	})
 	e.up.handle(blockUntilCancelled)
