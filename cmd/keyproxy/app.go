@@ -174,7 +174,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		Recorder:        a.audit,
 		Usage:           a.usage,
 		Logger:          logger.Named("access"),
-		AccessLog:       cfg.Log.Access,
+		AccessLog:       cfg.accessLog(),
 		Registerer:      reg,
 	}
 	if cfg.RateLimit.Enabled {

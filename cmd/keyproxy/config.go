@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,7 +98,10 @@ type Config struct {
 	Log struct {
 		Level  string `mapstructure:"level"`
 		Format string `mapstructure:"format"`
-		Access bool   `mapstructure:"access"`
+		// Access is auto, true or false: one line per proxied request.
+		// auto logs it unless the audit log sink already puts a line per
+		// request in the process log (see accessLog).
+		Access string `mapstructure:"access"`
 		// FlushInterval buffers log lines and writes them at least this
 		// often; 0 writes every line at once.
 		FlushInterval time.Duration `mapstructure:"flush_interval"`
@@ -154,7 +160,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("revocation.ack_timeout", 2*time.Second)
 	v.SetDefault("log.level", "info")
 	v.SetDefault("log.format", "json")
-	v.SetDefault("log.access", true)
+	v.SetDefault("log.access", "auto")
 	v.SetDefault("log.flush_interval", time.Second)
 }
 
@@ -193,6 +199,7 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 	}
 	var cfg Config
 	hook := mapstructure.ComposeDecodeHookFunc(
+		boolToWord,
 		mapstructure.StringToTimeDurationHookFunc(),
 		mapstructure.StringToSliceHookFunc(","),
 	)
@@ -390,7 +397,33 @@ func (c *Config) Validate() []string {
 	default:
 		add("log.format", "must be json or console, got %q", c.Log.Format)
 	}
+	if _, err := strconv.ParseBool(c.Log.Access); err != nil && c.Log.Access != "auto" {
+		add("log.access", "must be auto, true or false, got %q", c.Log.Access)
+	}
 	return p
+}
+
+// accessLog decides log.access. auto leaves the access line out when the
+// audit log sink writes to the process log: its api.request event is a
+// line per proxied request already, with every field of the access line
+// (request_id, key_id, method, path, status, duration, outcome) and more,
+// and a second line would double the log's volume and its cost per
+// request for nothing.
+func (c *Config) accessLog() bool {
+	if on, err := strconv.ParseBool(c.Log.Access); err == nil {
+		return on
+	}
+	return !(slices.Contains(c.Audit.Sinks, "log") && c.Audit.File == "")
+}
+
+// boolToWord decodes a YAML boolean into a string field as "true" or
+// "false" (viper's weak decoding would make it "1" or "0"): log.access
+// takes a word, and an old file's access: true must keep working.
+func boolToWord(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() == reflect.Bool && to.Kind() == reflect.String {
+		return strconv.FormatBool(data.(bool)), nil
+	}
+	return data, nil
 }
 
 func (c *Config) validateRateLimit() []string {

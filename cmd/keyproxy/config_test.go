@@ -49,6 +49,7 @@ func TestLoadConfig_DefaultsMatchDesign(t *testing.T) {
 		{"revocation.ack_timeout", cfg.Revocation.AckTimeout, 2 * time.Second},
 		{"log.level", cfg.Log.Level, "info"},
 		{"log.format", cfg.Log.Format, "json"},
+		{"log.access", cfg.Log.Access, "auto"},
 		{"headers.prefix", cfg.Headers.Prefix, "X-Wevion-"},
 	}
 	for _, c := range checks {
@@ -138,6 +139,7 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		{"short admin token", "", []string{"KEYPROXY_ADMIN_TOKENS=short"}, []string{"admin.tokens[0]"}},
 		{"redis sink without redis", "audit:\n  sinks: [redis]\n", nil, []string{"audit.sinks[0]"}},
 		{"bad trusted proxy", "trusted_proxies: [\"10.0.0.0/99\"]\n", nil, []string{"trusted_proxies[0]"}},
+		{"bad access log switch", "log:\n  access: sometimes\n", nil, []string{"log.access"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,6 +159,43 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 				if !strings.Contains(msg, want) {
 					t.Errorf("error %q does not name %q", msg, want)
 				}
+			}
+		})
+	}
+}
+
+// TestLoadConfig_AccessLogFollowsTheAuditLogSink: log.access auto writes
+// the access line only when no audit event already puts a line per request
+// in the process log; true and false (from a file's boolean or the
+// environment) decide alone.
+func TestLoadConfig_AccessLogFollowsTheAuditLogSink(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want bool
+	}{
+		{"defaults: the log sink's line is the access line", "", nil, false},
+		{"no log sink", "", []string{"KEYPROXY_AUDIT_SINKS=store"}, true},
+		{"log sink to its own file", "audit:\n  file: audit.jsonl\n", nil, true},
+		{"file says true", "log:\n  access: true\n", nil, true},
+		{"file says false, no log sink", "log:\n  access: false\naudit:\n  sinks: [store]\n", nil, false},
+		{"environment says true", "", []string{"KEYPROXY_LOG_ACCESS=true"}, true},
+		{"environment says false", "", []string{"KEYPROXY_LOG_ACCESS=false", "KEYPROXY_AUDIT_SINKS=store"}, false},
+		{"explicit auto", "log:\n  access: auto\n", []string{"KEYPROXY_AUDIT_SINKS=store"}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := ""
+			if tt.yaml != "" {
+				file = writeFile(t, tt.yaml)
+			}
+			cfg, err := LoadConfig(file, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.accessLog(); got != tt.want {
+				t.Errorf("access log on = %v (log.access %q, sinks %q), want %v", got, cfg.Log.Access, cfg.Audit.Sinks, tt.want)
 			}
 		})
 	}

@@ -252,9 +252,9 @@ func (b *bench) setup(ctx context.Context) error {
 		redis      bool
 		bin        string
 	}{
-		{name: "keyproxy", desc: "keyproxy, defaults (access log on, audit sinks [log, store])"},
+		{name: "keyproxy", desc: "keyproxy, defaults (audit sinks [log, store]; log.access auto: no second line beside the audit event's)"},
 		{name: "baseline", desc: "-baseline " + b.o.baseline + ", defaults", bin: b.o.baseline},
-		{name: "no-access-log", desc: "keyproxy, log.access=false", env: []string{"KEYPROXY_LOG_ACCESS=false"}},
+		{name: "access-log", desc: "keyproxy, defaults plus log.access=true (an access line beside the audit event's)", env: []string{"KEYPROXY_LOG_ACCESS=true"}},
 		{name: "audit-store-only", desc: "keyproxy, log.access=false, audit.sinks=[store]", env: []string{"KEYPROXY_LOG_ACCESS=false", "KEYPROXY_AUDIT_SINKS=store"}},
 		{name: "redis", desc: "keyproxy + Redis (cache, revocation, GCRA limits), defaults", redis: true},
 	}
