@@ -76,6 +76,7 @@ type Pipeline struct {
 	newID   func(time.Time) string
 	m       *metrics
 	writers []*writer
+	turn    turn // one sink write at a time (turn.go)
 
 	// mu guards the batch Records are filling and the closed flag. A
 	// Record copies its event in under the lock; the one that fills the
@@ -127,6 +128,7 @@ func NewPipeline(o Options, sinks ...Sink) (*Pipeline, error) {
 		free:  make(chan *batch, freeBatches),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
+		turn:  newTurn(),
 	}
 	p.cur = p.newBatch()
 	if p.log == nil {

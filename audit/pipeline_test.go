@@ -161,7 +161,9 @@ func TestPipeline_CountsAndLogsDropsWhenTheSpillSinkFailsToo(t *testing.T) {
 func TestPipeline_AStalledSinkDoesNotHoldBackTheOthers(t *testing.T) {
 	stalled, healthy, spill := newMemSink("stalled"), newMemSink("healthy"), newMemSink("spill")
 	stalled.gate = make(chan struct{})
-	p := newTestPipeline(t, Options{BatchSize: 50, FlushInterval: 10 * time.Millisecond, Spill: spill}, stalled, healthy)
+	// A sink timeout longer than the wait below: the stall must not end
+	// before the healthy sink is checked.
+	p := newTestPipeline(t, Options{BatchSize: 50, FlushInterval: 10 * time.Millisecond, Spill: spill, SinkTimeout: time.Minute}, stalled, healthy)
 	for range 500 {
 		p.Record(Event{Type: TypeAPIRequest})
 	}

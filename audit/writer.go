@@ -8,7 +8,7 @@ import (
 )
 
 // writer feeds one sink from its own backlog, so a slow sink delays only
-// itself.
+// itself (and the others by at most turnWait a batch: turn.go).
 type writer struct {
 	p       *Pipeline
 	sink    Sink
@@ -96,10 +96,14 @@ func (w *writer) write(b *batch) {
 			}
 			backoff *= 2
 		}
+		held := p.turn.take(p.root)
 		ctx, cancel := context.WithTimeout(p.root, p.o.SinkTimeout)
 		start := time.Now()
 		err = w.sink.Write(ctx, b.events)
 		cancel()
+		if held {
+			p.turn.give()
+		}
 		w.m.duration.Observe(time.Since(start).Seconds())
 		if err == nil {
 			w.m.written.Add(float64(len(b.events)))
