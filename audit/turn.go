@@ -15,8 +15,8 @@ const turnWait = 50 * time.Millisecond
 // same batch at the same moment; each paces itself, pausing every 200 µs
 // so requests on the same core go first, but two writers pausing in turn
 // left no gap between their runs. At half load on one core the defaults'
-// two sinks (log and store) added 0.5 ms more at p99 writing at once than
-// one after the other (README, Performance).
+// two sinks (log and store) added 0.4-0.5 ms more at p99 writing at once
+// than one after the other (README, Performance).
 type turn chan struct{}
 
 func newTurn() turn { return make(turn, 1) }
