@@ -51,13 +51,19 @@ type Transport struct {
 	readBuf        int
 	writeBuf       int
 
+	// inline is false when the fallback is set up in a way this transport
+	// does not reproduce (a proxy, no keep-alives, custom dialers): then
+	// every request goes to it. Read once, like the settings above.
+	inline bool
+
 	now  func() time.Time
 	pool pool
 }
 
 // New returns a Transport that takes its dialer, timeouts, idle pool depth,
 // buffer sizes and response-head limit from fallback, and hands fallback
-// every request it does not take itself.
+// every request it does not take itself. The settings are read once, here:
+// set fallback up before New.
 func New(fallback *http.Transport) *Transport {
 	t := &Transport{
 		fallback:       fallback,
@@ -69,6 +75,8 @@ func New(fallback *http.Transport) *Transport {
 		readBuf:        fallback.ReadBufferSize,
 		writeBuf:       fallback.WriteBufferSize,
 		now:            time.Now,
+		inline: fallback.Proxy == nil && !fallback.DisableKeepAlives &&
+			fallback.DialTLSContext == nil && fallback.Dial == nil,
 	}
 	if t.dial == nil {
 		t.dial = (&net.Dialer{}).DialContext
@@ -105,8 +113,7 @@ func (t *Transport) takes(req *http.Request) bool {
 	if _, ok := req.Header["Upgrade"]; ok {
 		return false
 	}
-	f := t.fallback
-	return f.Proxy == nil && !f.DisableKeepAlives && f.DialTLSContext == nil && f.Dial == nil
+	return t.inline
 }
 
 // RoundTrip sends req and returns the response once its head is read. The
