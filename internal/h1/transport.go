@@ -265,8 +265,10 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, error) {
 
 // exchange writes the request and reads the final response head.
 func (c *conn) exchange(req *http.Request) (*http.Response, error) {
-	if err := req.Write(c.bw); err != nil {
-		return nil, err
+	if !writeHead(c.bw, req) {
+		if err := req.Write(c.bw); err != nil {
+			return nil, err
+		}
 	}
 	if err := c.bw.Flush(); err != nil {
 		return nil, err
