@@ -52,9 +52,20 @@ func newLogger(level, format string, w io.Writer, flush time.Duration) (_ *zap.L
 		buf := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(writeOnly{w}), Size: 256 << 10, FlushInterval: flush}
 		out, stop = buf, func() { _ = buf.Stop() }
 	}
-	core := zapcore.NewCore(enc, out, lvl)
+	core := lineCore{Core: zapcore.NewCore(enc, out, lvl), enc: enc, out: out}
 	return zap.New(core, zap.ErrorOutput(out)), lvl, stop, nil
 }
+
+// lineCore is the process log's core, which hands the audit log sink its
+// encoder and output (audit.LineCore) so the sink writes its lines in
+// chunks. A logger derived With fields has zap's own core, without this.
+type lineCore struct {
+	zapcore.Core
+	enc zapcore.Encoder
+	out zapcore.WriteSyncer
+}
+
+func (c lineCore) LineEncoder() (zapcore.Encoder, zapcore.WriteSyncer) { return c.enc, c.out }
 
 // jsonAppender is a value that encodes itself as JSON without reflection:
 // audit.Event, which the audit log sink hands the logger as a Reflect field.

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/audit"
 )
@@ -57,5 +60,62 @@ func TestLogger_EncodesAuditEventsWithTheirOwnEncoder(t *testing.T) {
 	// Other Reflect values are encoded as zap's default encoder does.
 	if !strings.Contains(lines[1], `"plain":{"html":"<b>"}`) {
 		t.Errorf("plain Reflect field: %s", lines[1])
+	}
+}
+
+// chunkRecorder keeps each Write's bytes apart.
+type chunkRecorder struct{ writes []string }
+
+func (w *chunkRecorder) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+// The process logger lets the audit log sink write its lines in chunks
+// (audit.LineCore), and those lines are the ones zap's core would write.
+func TestLogger_AuditLinesAreTheCoresInChunks(t *testing.T) {
+	entryTime := map[string]*regexp.Regexp{
+		"json":    regexp.MustCompile(`(?m)^\{"level":"info","time":"[^"]*"`),
+		"console": regexp.MustCompile(`(?m)^[^\t\n]*\t`),
+	}
+	events := make([]audit.Event, 200)
+	for i := range events {
+		events[i] = audit.Event{ID: fmt.Sprintf("evt_%03d", i), Time: time.Unix(int64(i), 0).UTC(),
+			Type: audit.TypeAPIRequest, Path: "/a<b>&\"c\"", Status: 200, Outcome: audit.OutcomeAllowed}
+	}
+	for format, stamp := range entryTime {
+		t.Run(format, func(t *testing.T) {
+			var w chunkRecorder
+			logger, _, stop, err := newLogger("info", format, &w, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			if _, ok := logger.Core().(audit.LineCore); !ok {
+				t.Fatalf("the process logger's core %T is not an audit.LineCore", logger.Core())
+			}
+			if err := audit.NewLogSink(logger.Named("audit")).Write(context.Background(), events); err != nil {
+				t.Fatal(err)
+			}
+			if len(w.writes) != 1 {
+				t.Fatalf("%d writes for %d events, want one chunk", len(w.writes), len(events))
+			}
+			got := w.writes[0]
+			w.writes = nil
+			plain := logger.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return c.(lineCore).Core }))
+			if err := audit.NewLogSink(plain.Named("audit")).Write(context.Background(), events); err != nil {
+				t.Fatal(err)
+			}
+			if len(w.writes) != len(events) {
+				t.Fatalf("zap's core wrote %d times for %d events", len(w.writes), len(events))
+			}
+			want := strings.Join(w.writes, "")
+			if n := len(stamp.FindAllString(want, -1)); n != len(events) {
+				t.Fatalf("%d entry times found in %d lines: %.200q", n, len(events), want)
+			}
+			if got, want := stamp.ReplaceAllString(got, "T"), stamp.ReplaceAllString(want, "T"); got != want {
+				t.Fatalf("lines differ from the core's:\n got %.300q\nwant %.300q", got, want)
+			}
+		})
 	}
 }
