@@ -4,6 +4,10 @@ package h1
 
 import "net"
 
-// alive cannot peek without blocking here; a stale connection then fails
+// prober cannot peek without blocking here; a stale connection then fails
 // its request, as it could in the window after any check.
-func alive(net.Conn) bool { return true }
+type prober struct{}
+
+func newProber(net.Conn) *prober { return &prober{} }
+
+func (*prober) alive() bool { return true }

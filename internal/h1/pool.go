@@ -45,7 +45,7 @@ func (p *pool) get(addr string) (*conn, error) {
 			c.close()
 			continue
 		}
-		if !alive(c.nc) {
+		if !c.probe.alive() {
 			c.close()
 			continue
 		}

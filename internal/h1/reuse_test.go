@@ -166,7 +166,7 @@ func idleAlive(tr *Transport) bool {
 	defer tr.pool.mu.Unlock()
 	for _, s := range tr.pool.idle {
 		for _, c := range s {
-			if !alive(c.nc) {
+			if !c.probe.alive() {
 				return false
 			}
 		}

@@ -167,7 +167,7 @@ func (t *Transport) connect(ctx context.Context, addr string) (*conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &conn{t: t, nc: nc, addr: addr}
+	c := &conn{t: t, nc: nc, addr: addr, probe: newProber(nc)}
 	c.br = bufio.NewReaderSize(c, t.readBuf)
 	c.bw = bufio.NewWriterSize(nc, t.writeBuf)
 	return c, nil
@@ -202,11 +202,12 @@ func canonicalAddr(u *url.URL) string {
 // conn is one backend connection. It serves one round trip at a time;
 // between them it sits in the pool.
 type conn struct {
-	t    *Transport
-	nc   net.Conn
-	addr string
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	t     *Transport
+	nc    net.Conn
+	addr  string
+	probe *prober
+	br    *bufio.Reader
+	bw    *bufio.Writer
 	// limit is what the response head may still read (net/http's
 	// MaxResponseHeaderBytes); negative once the head is read.
 	limit int64
