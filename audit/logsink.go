@@ -46,8 +46,8 @@ type LineCore interface {
 	LineEncoder() (zapcore.Encoder, zapcore.WriteSyncer)
 }
 
-// lineChunk is how many bytes of lines NewEventLogSink's sink gathers
-// before a write.
+// lineChunk is how many bytes of lines the sink gathers before a write
+// when it writes them itself (NewEventLogSink, or a LineCore).
 const lineChunk = 64 << 10
 
 // NewLogSink writes events through an ordinary logger, such as the
