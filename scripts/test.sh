@@ -62,15 +62,33 @@ if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" ]]; then
 	pg_dir="$(mktemp -d /tmp/keyproxy-pg.XXXXXX)"
 	chmod 755 "$pg_dir"
 	[[ $(id -u) -eq 0 ]] && chown postgres "$pg_dir"
-	pg_port=""
-	for _ in $(seq 50); do
-		p=$((20000 + RANDOM % 40000))
-		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then pg_port=$p; break; fi
-	done
-	[[ -n "$pg_port" ]] || { echo "test.sh: no free port for PostgreSQL" >&2; exit 1; }
 	run_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
-	run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
-		-o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off -c max_connections=300" start >/dev/null
+	# A port below the kernel's ephemeral range: one inside it may be the
+	# local port of a client socket or of a TIME_WAIT left by an earlier
+	# run's tests, and PostgreSQL's bind then fails although nothing
+	# listens there. A start that fails anyway is tried on another port.
+	read -r eph_lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || eph_lo=32768
+	((eph_lo > 12000)) || eph_lo=32768
+	pg_port=""
+	for _ in $(seq 5); do
+		p=""
+		for _ in $(seq 50); do
+			c=$((10000 + RANDOM % (eph_lo - 10000)))
+			if ! (exec 3<>"/dev/tcp/127.0.0.1/$c") 2>/dev/null; then p=$c; break; fi
+		done
+		[[ -n "$p" ]] || continue
+		if run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
+			-o "-c listen_addresses=127.0.0.1 -p $p -k $pg_dir -c fsync=off -c max_connections=300" start >/dev/null; then
+			pg_port=$p
+			break
+		fi
+		run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+	done
+	if [[ -z "$pg_port" ]]; then
+		echo "test.sh: could not start a private PostgreSQL; its log:" >&2
+		cat "$pg_dir/log" >&2 || true
+		exit 1
+	fi
 	run_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -qc "CREATE DATABASE test" >/dev/null
 	export KEYPROXY_TEST_POSTGRES_DSN="postgres://postgres@127.0.0.1:$pg_port/test?sslmode=disable"
 	echo "test.sh: private PostgreSQL on 127.0.0.1:$pg_port"
