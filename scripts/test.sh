@@ -78,7 +78,7 @@ if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" ]]; then
 		done
 		[[ -n "$p" ]] || continue
 		if run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/log" -w -t 60 \
-			-o "-c listen_addresses=127.0.0.1 -p $p -k $pg_dir -c fsync=off -c max_connections=300" start >/dev/null; then
+			-o "-c listen_addresses=127.0.0.1 -p $p -k $pg_dir -c fsync=off -c max_connections=300" start >/dev/null 2>&1; then
 			pg_port=$p
 			break
 		fi
