@@ -7,10 +7,13 @@ package testserver
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,8 +26,9 @@ type Redis struct {
 	dir  string
 	port int
 
-	mu  sync.Mutex
-	cmd *exec.Cmd
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once cmd has exited and been waited for
 }
 
 // StartRedis starts redis-server on a free loopback port and stops it when
@@ -56,15 +60,31 @@ func (r *Redis) Start() {
 	if err := cmd.Start(); err != nil {
 		r.tb.Fatalf("testserver: starting redis-server: %v", err)
 	}
-	r.cmd = cmd
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	r.cmd, r.exited = cmd, exited
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			// A port taken or a bad option: say so now, with redis's reason,
+			// rather than after the PING deadline.
+			r.cmd = nil
+			log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			r.tb.Fatalf("testserver: redis-server on %s exited at start; its log ends:\n%s", r.Addr, lastLines(string(log), 5))
+		default:
+		}
 		if err := redisPing(r.Addr); err == nil {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	r.tb.Fatalf("testserver: redis-server on %s did not answer PING within 10s", r.Addr)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // Kill stops the server at once (SIGKILL), as a crash would.
@@ -75,7 +95,7 @@ func (r *Redis) Kill() {
 		return
 	}
 	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
+	<-r.exited
 	r.cmd = nil
 }
 
@@ -130,14 +150,33 @@ func redisPing(addr string) error {
 	return nil
 }
 
+// freePort picks a free loopback port below the kernel's ephemeral range.
+// A port from that range (what listening on :0 gives) can become the local
+// port of another test's client socket while the server is down between
+// Kill and Start, and redis-server then cannot bind it again; ports below
+// the range are never handed to client sockets. PostgreSQL's start in
+// scripts/test.sh failed that way.
 func freePort(tb testing.TB) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("testserver: finding a free port: %v", err)
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
+				lo = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 100 {
+		port := 10000 + rand.IntN(lo-10000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // taken
+		}
+		_ = l.Close()
+		return port
+	}
+	tb.Fatalf("testserver: no free port below %d in 100 tries", lo)
+	return 0
 }
 
 // Context returns a context bounded by the test's deadline or 2 minutes.
