@@ -83,12 +83,13 @@ func writeHead(bw *bufio.Writer, req *http.Request) bool {
 	if v, ok := req.Header["User-Agent"]; ok {
 		ua = ""
 		if len(v) > 0 {
-			ua = textproto.TrimString(v[0])
+			ua = v[0]
 		}
 	}
+	// Request.Write trims after deciding: a value of spaces is sent empty.
 	if ua != "" {
 		bw.WriteString("User-Agent: ")
-		bw.WriteString(ua)
+		bw.WriteString(textproto.TrimString(ua))
 		bw.WriteString("\r\n")
 	}
 	for _, name := range names {

@@ -83,6 +83,7 @@ func TestWriteHead(t *testing.T) {
 		{"empty method is GET", func(r *http.Request) *http.Request { r.Method = ""; return r }, true},
 		{"no User-Agent gets Go's", func(r *http.Request) *http.Request { delete(r.Header, "User-Agent"); return r }, true},
 		{"empty User-Agent sends none", func(r *http.Request) *http.Request { r.Header["User-Agent"] = []string{""}; return r }, true},
+		{"User-Agent of spaces is sent empty", func(r *http.Request) *http.Request { r.Header["User-Agent"] = []string{" \t "}; return r }, true},
 		{"User-Agent without values sends none", func(r *http.Request) *http.Request { r.Header["User-Agent"] = nil; return r }, true},
 		{"excluded fields in the header", func(r *http.Request) *http.Request {
 			r.Header["Host"] = []string{"evil.example"}
