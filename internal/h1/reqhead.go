@@ -17,8 +17,9 @@ import (
 // proxied response's CPU, for a head that is the same few lines every time.
 // The cases it treats specially (a body or its length, Connection: close,
 // trailers, a host that needs Punycode or loses an IPv6 zone, a URI with a
-// control byte, a trace that wants each header field or the write's end) are left to it, which
-// keeps this short enough to check against it by fuzzing.
+// control byte, a trace that wants each header field or the write's end)
+// are left to it, which keeps this short enough to check against it by
+// fuzzing.
 func writeHead(bw *bufio.Writer, req *http.Request) bool {
 	method := req.Method
 	switch method {
