@@ -102,7 +102,7 @@ func methodProblem(prep func(outcome, int, string, string, string, string) prepa
 // when the limiter was asked. The shared header slices are never modified
 // after start-up, only assigned.
 func (h *Handler) refuse(w http.ResponseWriter, e *exchange, p *preparedProblem) {
-	e.outcome, e.status = p.outcome, p.status
+	e.outcome, e.status = p.outcome, int32(p.status)
 	if p.head == nil {
 		return
 	}
@@ -148,7 +148,7 @@ func (h *Handler) modifyResponse(res *http.Response) error {
 		return nil
 	}
 	h.m.upstream.Observe(e.sinceUpstream().Seconds())
-	e.status = res.StatusCode
+	e.status = int32(res.StatusCode)
 	out := e.w.Header()
 	out["X-Request-Id"] = e.one(hvRequestID)
 	h.writeRateLimit(out, e)

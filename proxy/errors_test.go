@@ -39,7 +39,7 @@ func TestPreparedProblemsMatchProblemPackage(t *testing.T) {
 				t.Errorf("%s = %q, want %q", k, g, v)
 			}
 		}
-		if e.outcome != p.outcome || e.status != p.status {
+		if e.outcome != p.outcome || int(e.status) != p.status {
 			t.Errorf("exchange records %v/%d, want %v/%d", e.outcome, e.status, p.outcome, p.status)
 		}
 	}

@@ -68,14 +68,17 @@ type exchange struct {
 	rl           ratelimit.Result
 	rlv          ratelimit.HeaderValues
 	throttleWait time.Duration
-	status       int
 	hv           [hvLen]string // hv[hvRequestID] is the request id
+	// spent is the outbound header map of a round trip made inline, which
+	// ServeHTTP gives back to the handler's headerMaps.
+	spent http.Header
 
 	// body wraps the request body so a read error (a malformed chunk, a
 	// client that stops mid-body) is known to be the client's, not the
 	// backend's, when the round trip fails.
 	body       bodyReader
 	bodyFailed atomic.Bool // set by the transport's writer goroutine
+	status     int32       // beside bodyFailed: together one word
 }
 
 // requestID is the client's X-Request-Id, or one generated for it.
@@ -148,7 +151,7 @@ func (e *exchange) one(i int) []string { return e.hv[i : i+1 : i+1] }
 func (h *Handler) finish(e *exchange) {
 	h.m.inFlight.Dec()
 	d := time.Since(e.start)
-	h.m.observe(e.outcome, e.status, d)
+	h.m.observe(e.outcome, int(e.status), d)
 	path := redactKeys(e.req.URL.Path, h.format.Prefix())
 	if h.accessLog {
 		if ce := h.log.Check(zap.InfoLevel, "request"); ce != nil {
@@ -192,7 +195,7 @@ func (h *Handler) event(e *exchange, path string, d time.Duration) audit.Event {
 		RequestID:  e.detachedRequestID(),
 		Method:     e.req.Method,
 		Path:       path,
-		Status:     e.status,
+		Status:     int(e.status),
 		DurationMS: float64(d) / float64(time.Millisecond),
 		ClientIP:   h.clientIP(e),
 		UserAgent:  truncateUTF8(redactKeys(e.req.UserAgent(), h.format.Prefix()), maxUserAgent),

@@ -286,10 +286,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	// ReverseProxy a request without headers): one sized for the client's
 	// headers and ours is built from the client's request instead of a
 	// clone that would be filtered and then grow (three allocations and a
-	// rehash). It is never reused: after a cancelled round trip the
-	// transport may still be reading the one it was given.
+	// rehash). The map is one a round trip made inline gave back, if any:
+	// after a round trip by net/http's transport, cancelled or not, its
+	// writer goroutine may still be reading the map, which is then left
+	// to the collector.
 	in := e.req.Header
-	out := make(http.Header, len(in)+addedHeaders)
+	out := h.headers.get(len(in) + addedHeaders)
 	h.names.copyForwardable(out, in, e.trusted)
 	pr.Out.Header = out
 	h.setForwarded(pr, e)

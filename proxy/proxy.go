@@ -137,6 +137,7 @@ type Handler struct {
 	ids      *idGenerator
 	problems problems
 	rp       *httputil.ReverseProxy
+	headers  headerMaps // outbound header maps, reused after inline round trips
 	m        *metrics
 }
 
@@ -211,6 +212,9 @@ func New(cfg Config) (*Handler, error) {
 		// trip on the handler's goroutine; the rest go through net/http.
 		transport = h1.New(NewTransport(cfg.UpstreamTimeout))
 	}
+	if t, ok := transport.(inlineRoundTripper); ok {
+		transport = recyclingTransport{t}
+	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:        h.rewrite,
 		Transport:      transport,
@@ -244,6 +248,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in := r.WithContext(e)
 	in.Header = nil
 	h.rp.ServeHTTP(w, in)
+	h.recycle(e)
+}
+
+// recycle gives back the outbound header map of a round trip made inline:
+// the ReverseProxy has returned, and the transport was done with it.
+func (h *Handler) recycle(e *exchange) {
+	if e.spent != nil {
+		h.headers.put(e.spent)
+		e.spent = nil
+	}
 }
 
 // admit decides whether the request goes upstream; it returns the problem

@@ -121,9 +121,26 @@ func (t *Transport) takes(req *http.Request) bool {
 // goes back to the idle pool when the body is read to its end, and is
 // closed when the body is closed before that.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, _, err := t.RoundTripInline(req)
+	return res, err
+}
+
+// RoundTripInline is RoundTrip, and reports whether this transport made the
+// round trip itself, on the caller's goroutine. When it did, the request
+// head was written before it returned and nothing of req but its context
+// is used afterwards, even after a cancellation or an error: the caller
+// may reuse req.Header once it is done with the response. When the
+// fallback made it, net/http's writer goroutine may still be reading req.
+func (t *Transport) RoundTripInline(req *http.Request) (*http.Response, bool, error) {
 	if !t.takes(req) {
-		return t.fallback.RoundTrip(req)
+		res, err := t.fallback.RoundTrip(req)
+		return res, false, err
 	}
+	res, err := t.roundTrip(req)
+	return res, true, err
+}
+
+func (t *Transport) roundTrip(req *http.Request) (*http.Response, error) {
 	addr := canonicalAddr(req.URL)
 	ctx := req.Context()
 	replayable := isReplayable(req)
