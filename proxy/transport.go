@@ -67,7 +67,7 @@ const maxPooledHeaders = 48
 // headerMaps lends rewrite the outbound request's header map. A fresh map
 // sized for a request's headers and ours was four allocations, about 700
 // bytes and an eighth of the hot path's time (`-bench HotPath`). A map
-// comes back only from a round trip made inline (inlineTransport), whose
+// comes back only from a round trip made inline (inlineRoundTripper), whose
 // transport is done with it when it returns.
 type headerMaps struct{ p sync.Pool }
 
