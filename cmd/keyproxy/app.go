@@ -274,8 +274,15 @@ func (a *app) buildAudit(bg context.Context, cfg *Config, logger *zap.Logger, re
 func (a *app) reload(next *Config, level zap.AtomicLevel, logger *zap.Logger) {
 	reloaded := []string{}
 	whole := true
+	// A quieter level is set after the line below, a louder one before
+	// it: either way the line is written at the more verbose of the two,
+	// so a reload to warn still says it happened.
+	newLevel, quieter := level.Level(), false
 	if l, err := zap.ParseAtomicLevel(next.Log.Level); err == nil {
-		level.SetLevel(l.Level())
+		newLevel, quieter = l.Level(), l.Level() > level.Level()
+		if !quieter {
+			level.SetLevel(newLevel)
+		}
 		reloaded = append(reloaded, "log.level")
 	}
 	if a.limiter != nil {
@@ -289,6 +296,9 @@ func (a *app) reload(next *Config, level zap.AtomicLevel, logger *zap.Logger) {
 	a.reloads.record(whole, time.Now())
 	logger.Info("configuration reloaded", zap.Strings("reloaded", reloaded),
 		zap.String("note", "other settings take effect after a restart"))
+	if quieter {
+		level.SetLevel(newLevel)
+	}
 }
 
 // drain flushes what is buffered, in dependency order.

@@ -10,6 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wevion/keyproxy/keystore"
 )
@@ -186,5 +189,35 @@ func TestReloadMetrics_RefusedReloadIsZeroAndKeepsTheLastSuccessTime(t *testing.
 	}
 	if _, err := newReloadMetrics(reg, start); err == nil {
 		t.Error("registering twice on one registry succeeded")
+	}
+}
+
+// TestReload_SaysSoWhateverTheNewLevel: the reload line is written at the
+// more verbose of the old and new levels, and the new level holds after.
+func TestReload_SaysSoWhateverTheNewLevel(t *testing.T) {
+	for _, tt := range []struct{ from, to zapcore.Level }{
+		{zapcore.InfoLevel, zapcore.WarnLevel},
+		{zapcore.InfoLevel, zapcore.ErrorLevel},
+		{zapcore.WarnLevel, zapcore.DebugLevel},
+		{zapcore.InfoLevel, zapcore.InfoLevel},
+	} {
+		t.Run(tt.from.String()+" to "+tt.to.String(), func(t *testing.T) {
+			m, err := newReloadMetrics(prometheus.NewRegistry(), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			level := zap.NewAtomicLevelAt(tt.from)
+			core, logs := observer.New(level)
+			a := &app{reloads: m}
+			next := &Config{}
+			next.Log.Level = tt.to.String()
+			a.reload(next, level, zap.New(core))
+			if n := logs.FilterMessage("configuration reloaded").Len(); n != 1 {
+				t.Errorf("%d reload lines, want 1", n)
+			}
+			if level.Level() != tt.to {
+				t.Errorf("level %s after the reload, want %s", level.Level(), tt.to)
+			}
+		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/spf13/viper"
@@ -200,8 +201,10 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 	var cfg Config
 	hook := mapstructure.ComposeDecodeHookFunc(
 		boolToWord,
+		durationNeedsUnit,
+		wholeNumber,
 		mapstructure.StringToTimeDurationHookFunc(),
-		mapstructure.StringToSliceHookFunc(","),
+		commaList,
 	)
 	var problems []string
 	if err := v.UnmarshalExact(&cfg, viper.DecodeHook(hook)); err != nil {
@@ -268,7 +271,7 @@ func flattenDecodeError(err error) []string {
 		if line == "" || strings.HasSuffix(line, "error(s) decoding:") || strings.HasPrefix(line, "decoding failed due to the following error(s):") {
 			continue
 		}
-		out = append(out, line)
+		out = append(out, decodeProblems(line)...)
 	}
 	if len(out) == 0 {
 		out = []string{err.Error()}
@@ -287,9 +290,13 @@ func (c *Config) Validate() []string {
 	}
 	if c.Listen == "" {
 		add("listen", "must not be empty")
+	} else if msg := checkAddr(c.Listen); msg != "" {
+		add("listen", "%s", msg)
 	}
 	if c.Admin.Listen == "" {
 		add("admin.listen", "must not be empty")
+	} else if msg := checkAddr(c.Admin.Listen); msg != "" {
+		add("admin.listen", "%s", msg)
 	}
 	if c.Listen != "" && c.Listen == c.Admin.Listen {
 		add("admin.listen", "must differ from listen (%s)", c.Listen)
@@ -320,8 +327,8 @@ func (c *Config) Validate() []string {
 		add("admin.max_body_bytes", "must be between 1024 and 10485760, got %d", c.Admin.MaxBodyBytes)
 	}
 	for i, t := range c.Admin.Tokens {
-		if len(t) < 16 {
-			add(fmt.Sprintf("admin.tokens[%d]", i), "must be at least 16 characters")
+		if len(t) < 16 || strings.ContainsFunc(t, unicode.IsSpace) {
+			add(fmt.Sprintf("admin.tokens[%d]", i), "must be at least 16 characters without whitespace")
 		}
 	}
 	for i, cidr := range c.TrustedProxies {
@@ -340,8 +347,21 @@ func (c *Config) Validate() []string {
 	if c.Store.MaxConns < 1 {
 		add("store.max_conns", "must be at least 1")
 	}
-	if c.Redis.DB < 0 || c.Redis.PoolSize < 0 {
-		add("redis", "db and pool_size must not be negative")
+	if c.Redis.DB < 0 {
+		add("redis.db", "must not be negative, got %d", c.Redis.DB)
+	}
+	if c.Redis.PoolSize < 0 {
+		add("redis.pool_size", "must not be negative, got %d", c.Redis.PoolSize)
+	}
+	if c.Redis.Addr != "" {
+		if msg := checkAddr(c.Redis.Addr); msg != "" {
+			add("redis.addr", "%s", msg)
+		}
+	}
+	for i, a := range c.Redis.Addrs {
+		if msg := checkAddr(a); msg != "" {
+			add(fmt.Sprintf("redis.addrs[%d]", i), "%s", msg)
+		}
 	}
 	if c.Redis.MasterName != "" && len(c.Redis.Addrs) == 0 && c.Redis.Addr == "" {
 		add("redis.master_name", "needs the Sentinel addresses in redis.addrs")

@@ -140,6 +140,19 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		{"redis sink without redis", "audit:\n  sinks: [redis]\n", nil, []string{"audit.sinks[0]"}},
 		{"bad trusted proxy", "trusted_proxies: [\"10.0.0.0/99\"]\n", nil, []string{"trusted_proxies[0]"}},
 		{"bad access log switch", "log:\n  access: sometimes\n", nil, []string{"log.access"}},
+		// A bare number would be nanoseconds: a retention of 2160 ns
+		// purges the whole audit trail at the next start.
+		{"duration without a unit", "audit:\n  retention: 2160\n", nil, []string{"audit.retention: 2160 needs a unit"}},
+		{"timeout without a unit", "shutdown_timeout: 5\n", nil, []string{"shutdown_timeout: 5 needs a unit"}},
+		{"fraction for a count", "keys:\n  max_active_per_team: 10.5\n", nil, []string{"keys.max_active_per_team: 10.5 is not a whole number"}},
+		{"listen without a port", "listen: garbage\n", nil, []string{"listen: must be host:port"}},
+		{"listen port alone from the environment", "", []string{"KEYPROXY_LISTEN=18203"}, []string{"listen: must be host:port"}},
+		{"admin listen with a bad port", "admin:\n  listen: 127.0.0.1:http9\n", nil, []string{"admin.listen: port must be a number"}},
+		{"redis address without a port", "", []string{"KEYPROXY_REDIS_ADDR=not-an-addr"}, []string{"redis.addr: must be host:port"}},
+		{"negative redis db", "redis:\n  db: -1\n", nil, []string{"redis.db: must not be negative"}},
+		{"admin token with a space inside", "admin:\n  tokens: [\"tokenAAAAAAAA AAAAAAAA1\"]\n", nil, []string{"admin.tokens[0]: must be at least 16 characters without whitespace"}},
+		{"unknown top-level key named in full", "upstrem: 1\n", nil, []string{"upstrem: unknown key"}},
+		{"unknown nested key named in full", "cache:\n  tll: 5s\n", nil, []string{"cache.tll: unknown key"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +181,26 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 // the access line only when no audit event already puts a line per request
 // in the process log; true and false (from a file's boolean or the
 // environment) decide alone.
+// TestLoadConfig_LenientWhereItIsUnambiguous: 0 is 0 in any unit, a whole
+// float is a whole number, and the spaces after the commas of an
+// environment list are not part of its items.
+func TestLoadConfig_LenientWhereItIsUnambiguous(t *testing.T) {
+	file := writeFile(t, "log:\n  flush_interval: 0\nkeys:\n  max_active_per_team: 12.0\n")
+	cfg, err := LoadConfig(file, []string{"KEYPROXY_ADMIN_TOKENS=tokenAAAAAAAAAAAAAAAA1, tokenCCCCCCCCCCCCCCCC3", "KEYPROXY_AUDIT_SINKS=log, store"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Log.FlushInterval != 0 || cfg.Keys.MaxActivePerTeam != 12 {
+		t.Errorf("flush_interval %s, max_active_per_team %d; want 0 and 12", cfg.Log.FlushInterval, cfg.Keys.MaxActivePerTeam)
+	}
+	if want := []string{"tokenAAAAAAAAAAAAAAAA1", "tokenCCCCCCCCCCCCCCCC3"}; !reflect.DeepEqual(cfg.Admin.Tokens, want) {
+		t.Errorf("admin.tokens %q, want %q", cfg.Admin.Tokens, want)
+	}
+	if want := []string{"log", "store"}; !reflect.DeepEqual(cfg.Audit.Sinks, want) {
+		t.Errorf("audit.sinks %q, want %q", cfg.Audit.Sinks, want)
+	}
+}
+
 func TestLoadConfig_AccessLogFollowsTheAuditLogSink(t *testing.T) {
 	tests := []struct {
 		name string

@@ -158,7 +158,14 @@ func newServer(cfg *Config, h http.Handler, logger *zap.Logger) *http.Server {
 		ReadTimeout:       cfg.Server.ReadTimeout,
 		WriteTimeout:      cfg.Server.WriteTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		MaxHeaderBytes:    netHTTPHeaderLimit(cfg.Server.MaxHeaderBytes),
 		ErrorLog:          zap.NewStdLog(logger),
 	}
 }
+
+// netHTTPHeaderLimit is the http.Server.MaxHeaderBytes that refuses a
+// request head (request line and header fields) over limit bytes:
+// net/http reads MaxHeaderBytes plus 4096 bytes of slack before it
+// answers 431, so the configured figure alone let 20 KB heads through a
+// limit of 16 KB. Zero would mean net/http's default of 1 MiB.
+func netHTTPHeaderLimit(limit int) int { return max(limit-4096, 1) }
