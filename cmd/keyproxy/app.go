@@ -124,6 +124,10 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 	var redisCache *keystore.RedisCache
 	if cfg.redisEnabled() {
 		a.redis = newRedisClient(cfg)
+		// go-redis's own messages (pool dial failures) otherwise go to
+		// stderr as plain text, between the JSON lines. Its logger is
+		// the library's one global; the last app built sets it.
+		redis.SetLogger(redisLog{logger.Named("redis")})
 		redisCache, err = keystore.NewRedisCache(a.redis, a.store, keystore.RedisCacheOptions{
 			TTL: cfg.Cache.TTL, Timeout: cfg.Redis.Timeout, Logger: logger.Named("redis-cache"), Registerer: reg,
 		})

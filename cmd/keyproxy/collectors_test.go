@@ -221,3 +221,18 @@ func TestReload_SaysSoWhateverTheNewLevel(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisLog_GoesThroughTheProcessLogger: go-redis's messages become
+// warn entries of the process logger (so JSON lines in a JSON log), not
+// plain text on stderr.
+func TestRedisLog_GoesThroughTheProcessLogger(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	redisLog{zap.New(core)}.Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 5, "connection refused")
+	entries := logs.FilterMessage("redis client").All()
+	if len(entries) != 1 || entries[0].Level != zapcore.WarnLevel {
+		t.Fatalf("entries %v, want one warn entry", entries)
+	}
+	if got, want := entries[0].ContextMap()["detail"], "redis: connection pool: failed to dial after 5 attempts: connection refused"; got != want {
+		t.Errorf("detail %q, want %q", got, want)
+	}
+}

@@ -1,11 +1,22 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 )
+
+// redisLog writes go-redis's own messages to the process log, in its
+// format (JSON by default), at warn: they report connection trouble.
+type redisLog struct{ log *zap.Logger }
+
+func (r redisLog) Printf(_ context.Context, format string, v ...any) {
+	r.log.Warn("redis client", zap.String("detail", fmt.Sprintf(format, v...)))
+}
 
 // redisEnabled reports whether any Redis address is configured.
 func (c *Config) redisEnabled() bool { return c.Redis.Addr != "" || len(c.Redis.Addrs) > 0 }
