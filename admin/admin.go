@@ -79,7 +79,7 @@ type Config struct {
 	// default 10.
 	MaxActivePerTeam int
 	// MaxBodyBytes bounds a request body; default 64 KiB. Larger bodies get
-	// 413 request_too_large.
+	// 400 invalid_request, at once when Content-Length announces more.
 	MaxBodyBytes int64
 	// Readiness adds checks to /readyz (Redis, for instance).
 	Readiness []ReadinessCheck
@@ -114,6 +114,7 @@ type Handler struct {
 	recorder     Recorder
 	audit        AuditQuerier
 	format       keystore.Format
+	redact       keystore.Redactor // keys and admin tokens, for logs and audit events
 	tokens       [][sha256.Size]byte
 	creatorRoles map[string]bool
 	maxActive    int
@@ -159,6 +160,7 @@ func New(cfg Config) (*Handler, error) {
 		}
 		h.tokens = append(h.tokens, sha256.Sum256([]byte(t)))
 	}
+	h.redact = keystore.NewRedactor(cfg.Format, cfg.Tokens)
 	roles := cfg.CreatorRoles
 	if len(roles) == 0 {
 		roles = []string{"owner", "admin", "super_admin"}
@@ -259,7 +261,7 @@ func (h *Handler) routes() *http.ServeMux {
 // the exchange.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	started := time.Now()
-	x := &exchange{requestID: requestID(r.Header.Get("X-Request-Id"), h.format.Prefix()), clientIP: clientIP(r.RemoteAddr), started: started}
+	x := &exchange{requestID: h.requestID(r.Header.Get("X-Request-Id")), clientIP: clientIP(r.RemoteAddr), started: started}
 	sw := &statusWriter{ResponseWriter: w}
 	sw.Header().Set("X-Request-Id", x.requestID)
 	limit := h.maxBody
@@ -278,12 +280,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case admin && !h.authenticate(sw, r):
-	case admin && !x.setActor(r.Header.Values("X-Actor-Id")):
+	case admin && !x.setActor(r.Header.Values("X-Actor-Id"), h.redact):
 		fail(sw, r, badRequest("X-Actor-Id must be one value of at most 128 printable characters"))
 	case r.ContentLength > limit:
 		// Refused before reading: a client announcing more than we accept
 		// must not hold the connection while it sends (or never sends) it.
-		fail(sw, r, errTooLarge)
+		fail(sw, r, bodyTooLarge(r, limit))
 	default:
 		h.mux.ServeHTTP(sw, r)
 	}

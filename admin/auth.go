@@ -11,6 +11,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/wevion/keyproxy/keystore"
 )
 
 const (
@@ -87,8 +89,9 @@ func withExchange(ctx context.Context, x *exchange) context.Context {
 }
 
 // setActor takes X-Actor-Id: at most one value of at most 128 printable
-// characters, so the audit trail holds a name and not arbitrary bytes.
-func (x *exchange) setActor(values []string) bool {
+// characters, so the audit trail holds a name and not arbitrary bytes. A
+// key or an admin token in it is redacted: the actor is logged and audited.
+func (x *exchange) setActor(values []string, redact keystore.Redactor) bool {
 	switch len(values) {
 	case 0:
 		return true
@@ -105,15 +108,16 @@ func (x *exchange) setActor(values []string) bool {
 			return false
 		}
 	}
-	x.actor = v
+	x.actor = redact.Redact(v)
 	return true
 }
 
 // requestID keeps a well-formed client X-Request-Id (1-128 characters of
 // [A-Za-z0-9._:-]) so a trace spans systems, and otherwise makes one. An id
-// holding the key prefix is replaced: the id is logged and audited.
-func requestID(v, keyPrefix string) string {
-	if len(v) == 0 || len(v) > maxRequestID || strings.Contains(v, keyPrefix) {
+// holding the key prefix or an admin token is replaced: the id is logged
+// and audited.
+func (h *Handler) requestID(v string) string {
+	if len(v) == 0 || len(v) > maxRequestID || strings.Contains(v, h.format.Prefix()) || h.redact.HasSecret(v) {
 		return rand.Text()
 	}
 	for i := 0; i < len(v); i++ {

@@ -25,8 +25,8 @@ func readBody(r *http.Request) ([]byte, error) {
 	}
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, errTooLarge
+		if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, bodyTooLarge(r, mbe.Limit)
 		}
 		return nil, badRequest("The request body could not be read.")
 	}

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -29,7 +30,7 @@ var (
 	errKeyLimit             = &apiError{http.StatusConflict, "key_limit_reached", "Key limit reached", "The team has reached its limit of active keys; revoke one to create another."}
 	errKeyExpired           = &apiError{http.StatusConflict, "key_expired", "Key expired", "An expired key cannot be given a new expiry; create a new key."}
 	errConflict             = &apiError{http.StatusConflict, "conflict", "Conflict", "The change conflicts with the current state; retry."}
-	errTooLarge             = &apiError{http.StatusRequestEntityTooLarge, "request_too_large", "Request too large", "The request body is too large."}
+	errReportTooLarge       = &apiError{http.StatusRequestEntityTooLarge, "request_too_large", "Request too large", "The report body is too large."}
 	errMediaType            = &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Unsupported media type", "The request body must be application/json."}
 	errAuditUnavailable     = &apiError{http.StatusNotImplemented, "audit_query_unavailable", "Audit query unavailable", "No audit sink that can be queried is configured."}
 	errStoreUnavailable     = &apiError{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable", "The key store is unavailable; retry later."}
@@ -41,6 +42,16 @@ var (
 
 func badRequest(detail string) *apiError {
 	return &apiError{http.StatusBadRequest, "invalid_request", "Invalid request", detail}
+}
+
+// bodyTooLarge refuses a body over limit bytes: on the admin API it is 400
+// invalid_request like any other body the API cannot take; a secret-scanning
+// report (GitHub's format, not the admin API) keeps 413.
+func bodyTooLarge(r *http.Request, limit int64) *apiError {
+	if r.URL.Path == SecretScanningPath {
+		return errReportTooLarge
+	}
+	return badRequest(fmt.Sprintf("The request body is over the limit of %d bytes.", limit))
 }
 
 // fail writes err as a problem. Store sentinels map to their codes; anything

@@ -126,18 +126,10 @@ func (h *Handler) observe(r *http.Request, sw *statusWriter, x *exchange, route 
 
 const maxLoggedPath = 256
 
-// safePath keeps a key pasted into a URL out of the log: a path segment
-// holding the key prefix and long enough to hold a secret is replaced.
+// safePath keeps a key or an admin token pasted into a URL out of the log,
+// and bounds the path's length.
 func (h *Handler) safePath(p string) string {
-	if prefix := h.format.Prefix(); strings.Contains(p, prefix) {
-		segs := strings.Split(p, "/")
-		for i, s := range segs {
-			if len(s) > len(prefix)+8 && strings.Contains(s, prefix) {
-				segs[i] = "[redacted]"
-			}
-		}
-		p = strings.Join(segs, "/")
-	}
+	p = h.redact.Redact(p)
 	if len(p) > maxLoggedPath {
 		p = strings.ToValidUTF8(p[:maxLoggedPath], "") + "…"
 	}
@@ -148,13 +140,14 @@ const maxUserAgent = 256
 
 // record completes ev with the request's facts and hands it to the
 // recorder. Only successful actions are recorded. An Actor or Outcome ev
-// already holds is kept.
+// already holds is kept. Keys and admin tokens in the path and user agent
+// are redacted (the actor already is, by setActor).
 func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 	if h.recorder == nil {
 		return
 	}
 	x := exchangeOf(r)
-	ua := r.UserAgent()
+	ua := h.redact.Redact(r.UserAgent())
 	if len(ua) > maxUserAgent {
 		ua = strings.ToValidUTF8(ua[:maxUserAgent], "")
 	}
@@ -164,7 +157,7 @@ func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 		ev.Actor = x.actor
 	}
 	ev.Method = r.Method
-	ev.Path = r.URL.Path
+	ev.Path = h.redact.Redact(r.URL.Path)
 	ev.Status = status
 	ev.DurationMS = float64(time.Since(x.started).Microseconds()) / 1000
 	ev.ClientIP = x.clientIP

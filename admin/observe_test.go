@@ -1,10 +1,19 @@
 package admin_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wevion/keyproxy/admin"
+	"github.com/wevion/keyproxy/audit"
 )
 
 func containsAny(s string, subs ...string) bool {
@@ -82,5 +91,124 @@ func TestLogs_OneLinePerRequestWithActorAndRequestID(t *testing.T) {
 	}
 	if lines[0].Level.String() != "info" || lines[1].Level.String() != "debug" {
 		t.Errorf("levels %s, %s: want info for /admin, debug for probes", lines[0].Level, lines[1].Level)
+	}
+}
+
+// logSinkRecorder writes each event through a real audit.LogSink, so a test
+// sees the "audit event" lines production writes.
+type logSinkRecorder struct {
+	mu   sync.Mutex
+	next admin.Recorder
+	sink *audit.LogSink
+	out  bytes.Buffer
+}
+
+func newLogSinkRecorder(next admin.Recorder) *logSinkRecorder {
+	r := &logSinkRecorder{next: next}
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), lockedWriter{r}, zapcore.InfoLevel)
+	r.sink = audit.NewLogSink(zap.New(core).Named("audit"))
+	return r
+}
+
+func (r *logSinkRecorder) Record(ev audit.Event) {
+	r.next.Record(ev)
+	_ = r.sink.Write(context.Background(), []audit.Event{ev})
+}
+
+func (r *logSinkRecorder) lines() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out.String()
+}
+
+type lockedWriter struct{ r *logSinkRecorder }
+
+func (w lockedWriter) Write(b []byte) (int, error) {
+	w.r.mu.Lock()
+	defer w.r.mu.Unlock()
+	return w.r.out.Write(b)
+}
+
+func (lockedWriter) Sync() error { return nil }
+
+// TestSecrets_ActorUserAgentAndPathRedacted: a key or an admin token in
+// X-Actor-Id, the user agent or the path reaches neither the audit event,
+// nor the "audit event" line, nor the admin request line.
+func TestSecrets_ActorUserAgentAndPathRedacted(t *testing.T) {
+	key := newEnv(t).create("a", "u1", "t1", "owner").Key
+	tests := []struct {
+		name, method, path string
+		hdr                []string
+		wantActor, wantUA  string // in the event; "" when none is recorded
+		wantLogPath        string
+	}{
+		{"actor is a key", "PUT", "/admin/v1/teams/team_actor", []string{"X-Actor-Id", key}, "[redacted]", "", "/admin/v1/teams/team_actor"},
+		{"actor is the admin token", "PUT", "/admin/v1/teams/team_actor", []string{"X-Actor-Id", testToken}, "[redacted]", "", "/admin/v1/teams/team_actor"},
+		{"actor holds the other admin token", "PUT", "/admin/v1/teams/team_actor", []string{"X-Actor-Id", "by " + otherToken}, "by [redacted]", "", "/admin/v1/teams/team_actor"},
+		{"user agent holds a key and a token", "PUT", "/admin/v1/teams/team_actor", []string{"User-Agent", "ua " + key + " " + testToken},
+			"", "ua [redacted] [redacted]", "/admin/v1/teams/team_actor"},
+		{"path holds the admin token", "GET", "/admin/v1/keys/" + testToken, nil, "", "", "/admin/v1/keys/[redacted]"},
+		{"path holds a key", "GET", "/admin/v1/keys/" + key, nil, "", "", "/admin/v1/keys/[redacted]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var rec *logSinkRecorder
+			e := newEnv(t, func(c *admin.Config) { rec = newLogSinkRecorder(c.Recorder); c.Recorder = rec })
+			body := ""
+			if tt.method == "PUT" {
+				body = `{"active":true}`
+			}
+			w := e.do(tt.method, tt.path, body, tt.hdr...)
+			if strings.Contains(w.Body.String(), key) || strings.Contains(w.Body.String(), testToken) {
+				t.Errorf("the response holds a secret: %s", w.Body)
+			}
+			secrets := []string{key, key[len(e.format.Prefix())+4:], testToken, otherToken}
+			if tt.method == "PUT" {
+				if w.Code != 200 {
+					t.Fatalf("status %d: %s", w.Code, w.Body)
+				}
+				ev := e.events.last(t)
+				if ev.Actor != tt.wantActor {
+					t.Errorf("event actor %q, want %q", ev.Actor, tt.wantActor)
+				}
+				if tt.wantUA != "" && ev.UserAgent != tt.wantUA {
+					t.Errorf("event user agent %q, want %q", ev.UserAgent, tt.wantUA)
+				}
+				if containsAny(fmt.Sprintf("%+v", ev), secrets...) {
+					t.Errorf("event holds a secret: %+v", ev)
+				}
+				if out := rec.lines(); !strings.Contains(out, `"audit event"`) || containsAny(out, secrets...) {
+					t.Errorf("audit event lines hold a secret or none was written: %s", out)
+				}
+			}
+			lines := e.logs.FilterMessage("admin request").All()
+			if len(lines) != 1 {
+				t.Fatalf("%d admin request lines, want 1", len(lines))
+			}
+			got := lines[0].ContextMap()
+			if got["path"] != tt.wantLogPath {
+				t.Errorf("logged path %v, want %q", got["path"], tt.wantLogPath)
+			}
+			if tt.wantActor != "" && got["actor"] != tt.wantActor {
+				t.Errorf("logged actor %v, want %q", got["actor"], tt.wantActor)
+			}
+			for _, en := range e.logs.All() {
+				if line := fmt.Sprint(en.Message, en.ContextMap()); containsAny(line, secrets...) {
+					t.Errorf("log line holds a secret: %s", line)
+				}
+			}
+		})
+	}
+}
+
+// The admin token as X-Request-Id is replaced: the id is logged and audited.
+func TestSecrets_AdminTokenAsRequestIDReplaced(t *testing.T) {
+	e := newEnv(t)
+	w := e.do("PUT", "/admin/v1/teams/t1", `{"active":true}`, "X-Request-Id", testToken)
+	if w.Code != 200 || strings.Contains(w.Header().Get("X-Request-Id"), testToken) {
+		t.Fatalf("status %d, X-Request-Id %q", w.Code, w.Header().Get("X-Request-Id"))
+	}
+	if ev := e.events.last(t); strings.Contains(ev.RequestID, testToken) {
+		t.Errorf("event request id %q", ev.RequestID)
 	}
 }

@@ -152,7 +152,7 @@ func (h *Handler) finish(e *exchange) {
 	h.m.inFlight.Dec()
 	d := time.Since(e.start)
 	h.m.observe(e.outcome, int(e.status), d)
-	path := redactKeys(e.req.URL.Path, h.format.Prefix())
+	path := h.redact.Redact(e.req.URL.Path)
 	if h.accessLog {
 		if ce := h.log.Check(zap.InfoLevel, "request"); ce != nil {
 			ce.Write(zap.Inline(&accessLine{e: e, path: path, d: d}))
@@ -198,7 +198,7 @@ func (h *Handler) event(e *exchange, path string, d time.Duration) audit.Event {
 		Status:     int(e.status),
 		DurationMS: float64(d) / float64(time.Millisecond),
 		ClientIP:   h.clientIP(e),
-		UserAgent:  truncateUTF8(redactKeys(e.req.UserAgent(), h.format.Prefix()), maxUserAgent),
+		UserAgent:  truncateUTF8(h.redact.Redact(e.req.UserAgent()), maxUserAgent),
 		Outcome:    e.outcome.String(),
 	}
 	if e.authenticated {

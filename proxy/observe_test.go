@@ -246,3 +246,47 @@ func TestKeysNeverLeak(t *testing.T) {
 		t.Error("upstream failures were not logged, so this test proved little")
 	}
 }
+
+// TestAdminTokensNeverLeak: an admin token a client put in its path, user
+// agent or request id is redacted like a key, in the access log line and
+// in the audit event.
+func TestAdminTokensNeverLeak(t *testing.T) {
+	const token = "admin-token-0123456789abcdef"
+	tests := []struct {
+		name     string
+		path     string
+		header   func(e *env) [][2]string
+		wantPath string
+		wantUA   string
+	}{
+		{"token in the path, no key", "/v1/" + token + "/x", func(*env) [][2]string { return nil }, "/v1/[redacted]/x", ""},
+		{"token in the path, valid key", "/v1/" + token, func(e *env) [][2]string { return [][2]string{bearer(e.validKey)} }, "/v1/[redacted]", ""},
+		{"token and key in the user agent", "/v1/x", func(e *env) [][2]string {
+			return [][2]string{{"User-Agent", "ua " + e.validKey + " " + token}}
+		}, "/v1/x", "ua [redacted] [redacted]"},
+		{"token as the request id", "/v1/x", func(e *env) [][2]string { return [][2]string{{"X-Request-Id", token}} }, "/v1/x", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, func(c *proxy.Config) { c.AdminTokens = []string{token} })
+			e.do(t, "GET", tt.path, tt.header(e))
+			ev := e.rec.wait(t, 1)[0]
+			if ev.Path != tt.wantPath {
+				t.Errorf("event path %q, want %q", ev.Path, tt.wantPath)
+			}
+			if tt.wantUA != "" && ev.UserAgent != tt.wantUA {
+				t.Errorf("event user agent %q, want %q", ev.UserAgent, tt.wantUA)
+			}
+			lines := e.logs.FilterMessage("request").All()
+			if len(lines) != 1 || lines[0].ContextMap()["path"] != tt.wantPath {
+				t.Errorf("access log lines %v, want one with path %q", lines, tt.wantPath)
+			}
+			if e.leaks(token) {
+				t.Error("the admin token is in a log line or the audit event")
+			}
+			if e.leaks(e.validKey) {
+				t.Error("the key is in a log line or the audit event")
+			}
+		})
+	}
+}

@@ -78,6 +78,11 @@ type Config struct {
 	HeaderPrefix string
 	// Format parses presented keys before any lookup.
 	Format keystore.Format
+	// AdminTokens (admin.tokens) are redacted, like keys, from the paths
+	// and user agents the access log and the audit trail keep, and a
+	// client's X-Request-Id holding one is replaced: a token a client put
+	// in a request reaches neither.
+	AdminTokens []string
 	// TrustedProxies are the peers whose X-Forwarded-* headers are kept
 	// (X-Forwarded-For appended to); from any other peer they are replaced.
 	TrustedProxies []netip.Prefix
@@ -119,6 +124,7 @@ type Config struct {
 // Handler is the data-plane http.Handler.
 type Handler struct {
 	format    keystore.Format
+	redact    keystore.Redactor
 	resolver  Resolver
 	cached    cachedLookup // nil when the resolver has no in-process cache
 	limiter   Limiter
@@ -183,6 +189,7 @@ func New(cfg Config) (*Handler, error) {
 	}
 	h := &Handler{
 		format:    cfg.Format,
+		redact:    keystore.NewRedactor(cfg.Format, cfg.AdminTokens),
 		resolver:  cfg.Resolver,
 		limiter:   cfg.Limiter,
 		rlHeaders: cfg.RateLimitHeaders,
@@ -377,7 +384,7 @@ func (h *Handler) begin(r *http.Request) *exchange {
 	}
 	// A client's id is kept for tracing, unless it holds what looks like a
 	// key: the id goes into every log line and audit event.
-	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) && !strings.Contains(v[0], h.format.Prefix()) {
+	if v := r.Header["X-Request-Id"]; len(v) == 1 && validRequestID(v[0]) && !strings.Contains(v[0], h.format.Prefix()) && !h.redact.HasSecret(v[0]) {
 		e.hv[hvRequestID] = v[0]
 	} else {
 		e.hv[hvRequestID] = h.ids.next(&e.idBuf)

@@ -174,6 +174,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		HeaderPrefix:    cfg.Headers.Prefix,
 		Format:          format,
 		TrustedProxies:  cfg.TrustedPrefixes(),
+		AdminTokens:     tokens,
 		Resolver:        resolver,
 		Recorder:        a.audit,
 		Usage:           a.usage,

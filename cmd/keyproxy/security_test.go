@@ -881,10 +881,25 @@ func TestAdversarial_KeysNeverReachLogsOrAudit(t *testing.T) {
 			s.get(t, path, hdr...)
 		}
 	}
-	// Admin side: a key pasted into admin paths and the actor header.
+	// The admin token where a client or an admin caller might paste it.
+	s.get(t, "/x/"+s.token, "Authorization", "Bearer "+k, "User-Agent", "script/1.0 token="+s.token)
+	s.get(t, "/x/"+s.token, "X-Request-Id", s.token)
+	// Admin side: a key pasted into admin paths, the actor header and the
+	// user agent, and the token as the actor.
 	for _, path := range []string{"/admin/v1/keys/" + k, "/admin/v1/audit?key_id=" + k} {
-		req, _ := http.NewRequest("GET", s.adminURL+path, nil)
+		for _, actor := range []string{k, s.token} {
+			req, _ := http.NewRequest("GET", s.adminURL+path, nil)
+			req.Header.Set("Authorization", "Bearer "+s.token)
+			req.Header.Set("X-Actor-Id", actor)
+			req.Header.Set("User-Agent", "ops/1.0 "+k+" "+s.token)
+			do(t, req)
+		}
+	}
+	for _, actor := range []string{k, s.token} {
+		req, _ := http.NewRequest(http.MethodPut, s.adminURL+"/admin/v1/teams/team_actor", strings.NewReader(`{"active":true}`))
 		req.Header.Set("Authorization", "Bearer "+s.token)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Actor-Id", actor)
 		do(t, req)
 	}
 	_, body := s.admin(t, http.MethodGet, "/admin/v1/audit?limit=1000", nil)
@@ -893,9 +908,9 @@ func TestAdversarial_KeysNeverReachLogsOrAudit(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		_, body = s.admin(t, http.MethodGet, "/admin/v1/audit?limit=1000", nil)
 	}
-	for _, secret := range []string{k, near, k[4:], near[4:]} {
+	for _, secret := range []string{k, near, k[4:], near[4:], s.token} {
 		if strings.Contains(string(body), secret) {
-			t.Errorf("the stored audit trail holds a key: %.300s", body)
+			t.Errorf("the stored audit trail holds a key or the admin token: %.300s", body)
 		}
 	}
 	if err := s.stop(); err != nil { // drains the audit log sink
