@@ -210,6 +210,7 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 	if err := v.UnmarshalExact(&cfg, viper.DecodeHook(hook)); err != nil {
 		problems = append(problems, flattenDecodeError(err)...)
 	}
+	dropUnlistedDefaultRoles(v, &cfg, env)
 	sort.Strings(unknownEnv)
 	for _, name := range unknownEnv {
 		problems = append(problems, fmt.Sprintf("%s: unknown environment variable", name))
@@ -234,6 +235,33 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 		return nil, &ConfigError{Problems: problems}
 	}
 	return &cfg, nil
+}
+
+// defaultRoles are the roles setDefaults gives a policy.
+var defaultRoles = []string{"super_admin"}
+
+// dropUnlistedDefaultRoles makes a file's ratelimit.roles the whole list:
+// viper would otherwise merge the default super_admin policy into it, and
+// an operator who narrowed roles to owner (or to {}) would still find
+// super_admins at 1200 a minute. A default role stays when the file lists
+// it or the environment sets part of it.
+func dropUnlistedDefaultRoles(v *viper.Viper, cfg *Config, env map[string]string) {
+	if !v.InConfig("ratelimit.roles") {
+		return
+	}
+	for _, role := range defaultRoles {
+		if v.InConfig("ratelimit.roles." + role) {
+			continue
+		}
+		prefix := "KEYPROXY_RATELIMIT_ROLES_" + strings.ToUpper(role) + "_"
+		fromEnv := false
+		for name := range env {
+			fromEnv = fromEnv || strings.HasPrefix(name, prefix)
+		}
+		if !fromEnv {
+			delete(cfg.RateLimit.Roles, role)
+		}
+	}
 }
 
 // ignoredEnv are KEYPROXY_ variables that are not configuration keys.

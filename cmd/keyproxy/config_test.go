@@ -181,6 +181,42 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 // the access line only when no audit event already puts a line per request
 // in the process log; true and false (from a file's boolean or the
 // environment) decide alone.
+// TestLoadConfig_FileRolesAreTheWholeList: the default super_admin policy
+// applies only while the file lists no roles (or lists super_admin).
+func TestLoadConfig_FileRolesAreTheWholeList(t *testing.T) {
+	for _, tt := range []struct {
+		name, yaml string
+		env        []string
+		want       []string
+	}{
+		{"no file", "", nil, []string{"super_admin"}},
+		{"file without roles", "ratelimit:\n  default: { requests: 60, per: 1m, burst: 5 }\n", nil, []string{"super_admin"}},
+		{"roles: {}", "ratelimit:\n  roles: {}\n", nil, nil},
+		{"only owner", "ratelimit:\n  roles:\n    owner: { requests: 60, per: 1m, burst: 5 }\n", nil, []string{"owner"}},
+		{"owner and super_admin", "ratelimit:\n  roles:\n    owner: { requests: 60, per: 1m, burst: 5 }\n    super_admin: { requests: 90, per: 1m, burst: 9 }\n", nil, []string{"owner", "super_admin"}},
+		{"only owner, super_admin from the environment", "ratelimit:\n  roles:\n    owner: { requests: 60, per: 1m, burst: 5 }\n",
+			[]string{"KEYPROXY_RATELIMIT_ROLES_SUPER_ADMIN_REQUESTS=300"}, []string{"owner", "super_admin"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := ""
+			if tt.yaml != "" {
+				file = writeFile(t, tt.yaml)
+			}
+			cfg, err := LoadConfig(file, tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range sortedKeys(cfg.RateLimit.Roles) {
+				got = append(got, r)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("roles %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
 // TestLoadConfig_LenientWhereItIsUnambiguous: 0 is 0 in any unit, a whole
 // float is a whole number, and the spaces after the commas of an
 // environment list are not part of its items.
