@@ -188,6 +188,7 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 			v.Set(key, val)
 		}
 	}
+	setEnvRoles(v, env)
 	var unknownEnv []string
 	known := map[string]bool{}
 	for _, key := range v.AllKeys() {
@@ -235,6 +236,20 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 		return nil, &ConfigError{Problems: problems}
 	}
 	return &cfg, nil
+}
+
+var envRoleRe = regexp.MustCompile(`^KEYPROXY_RATELIMIT_ROLES_([A-Z0-9_]{1,64})_(REQUESTS|PER|BURST)$`)
+
+// setEnvRoles lets the environment give a policy to a role that neither
+// the file nor the defaults name (KEYPROXY_RATELIMIT_ROLES_ADMIN_REQUESTS),
+// which the key-by-key binding above cannot see. A role given only part
+// of a policy is then refused by Validate, naming the missing key.
+func setEnvRoles(v *viper.Viper, env map[string]string) {
+	for name, val := range env {
+		if m := envRoleRe.FindStringSubmatch(name); m != nil {
+			v.Set("ratelimit.roles."+strings.ToLower(m[1])+"."+strings.ToLower(m[2]), val)
+		}
+	}
 }
 
 // defaultRoles are the roles setDefaults gives a policy.

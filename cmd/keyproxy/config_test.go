@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+
+	"github.com/wevion/keyproxy/ratelimit"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -181,6 +183,22 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 // the access line only when no audit event already puts a line per request
 // in the process log; true and false (from a file's boolean or the
 // environment) decide alone.
+// TestLoadConfig_EnvironmentAddsARole: a role neither the file nor the
+// defaults name gets its policy from the environment, and a partial one
+// is refused naming what is missing.
+func TestLoadConfig_EnvironmentAddsARole(t *testing.T) {
+	cfg, err := LoadConfig("", []string{"KEYPROXY_RATELIMIT_ROLES_ADMIN_REQUESTS=5", "KEYPROXY_RATELIMIT_ROLES_ADMIN_PER=1m", "KEYPROXY_RATELIMIT_ROLES_ADMIN_BURST=2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.RateLimit.Roles["admin"], (ratelimit.Limit{Requests: 5, Per: time.Minute, Burst: 2}); got != want {
+		t.Errorf("admin policy %+v, want %+v", got, want)
+	}
+	if _, err := LoadConfig("", []string{"KEYPROXY_RATELIMIT_ROLES_ADMIN_REQUESTS=5"}); err == nil || !strings.Contains(err.Error(), "ratelimit.roles.admin.") {
+		t.Errorf("a partial policy from the environment: %v", err)
+	}
+}
+
 // TestLoadConfig_FileRolesAreTheWholeList: the default super_admin policy
 // applies only while the file lists no roles (or lists super_admin).
 func TestLoadConfig_FileRolesAreTheWholeList(t *testing.T) {
