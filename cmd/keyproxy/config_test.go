@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,6 +123,20 @@ func TestLoadConfig_EnvironmentOverridesFile(t *testing.T) {
 	}
 }
 
+// mustLoad loads yaml (none when empty) and env, failing the test on error.
+func mustLoad(t *testing.T, yaml string, env []string) *Config {
+	t.Helper()
+	file := ""
+	if yaml != "" {
+		file = writeFile(t, yaml)
+	}
+	cfg, err := LoadConfig(file, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -216,19 +231,8 @@ func TestLoadConfig_FileRolesAreTheWholeList(t *testing.T) {
 			[]string{"KEYPROXY_RATELIMIT_ROLES_SUPER_ADMIN_REQUESTS=300"}, []string{"owner", "super_admin"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			file := ""
-			if tt.yaml != "" {
-				file = writeFile(t, tt.yaml)
-			}
-			cfg, err := LoadConfig(file, tt.env)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, r := range sortedKeys(cfg.RateLimit.Roles) {
-				got = append(got, r)
-			}
-			if !reflect.DeepEqual(got, tt.want) {
+			cfg := mustLoad(t, tt.yaml, tt.env)
+			if got := sortedKeys(cfg.RateLimit.Roles); !slices.Equal(got, tt.want) {
 				t.Errorf("roles %q, want %q", got, tt.want)
 			}
 		})
@@ -273,14 +277,7 @@ func TestLoadConfig_AccessLogFollowsTheAuditLogSink(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			file := ""
-			if tt.yaml != "" {
-				file = writeFile(t, tt.yaml)
-			}
-			cfg, err := LoadConfig(file, tt.env)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg := mustLoad(t, tt.yaml, tt.env)
 			if got := cfg.accessLog(); got != tt.want {
 				t.Errorf("access log on = %v (log.access %q, sinks %q), want %v", got, cfg.Log.Access, cfg.Audit.Sinks, tt.want)
 			}
