@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,6 +119,29 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func counterValue(t *testing.T, c *prometheus.CounterVec, labels ...string) int {
 	t.Helper()
 	return int(testutil.ToFloat64(c.WithLabelValues(labels...)))
+}
+
+// recordEvents records n api.request events, evt_0 to evt_n-1, and
+// returns their ids.
+func recordEvents(p *Pipeline, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("evt_%d", i)
+		p.Record(Event{ID: ids[i], Type: TypeAPIRequest})
+	}
+	return ids
+}
+
+// assertEventCounts checks keyproxy_audit_events_total, want keyed by
+// "sink/result".
+func assertEventCounts(t *testing.T, p *Pipeline, want map[string]int) {
+	t.Helper()
+	for k, n := range want {
+		sink, result, _ := strings.Cut(k, "/")
+		if got := counterValue(t, p.m.events, sink, result); got != n {
+			t.Errorf("events_total{sink=%s,result=%s} = %d, want %d", sink, result, got, n)
+		}
+	}
 }
 
 func newTestPipeline(t *testing.T, o Options, sinks ...Sink) *Pipeline {

@@ -76,7 +76,11 @@ type Pipeline struct {
 	newID   func(time.Time) string
 	m       *metrics
 	writers []*writer
-	turn    turn // one sink write at a time (turn.go)
+	// spillWriter is the writer whose sink is also the spill sink (with
+	// keyproxy's audit.file and the log sink, both write the same file),
+	// or nil.
+	spillWriter *writer
+	turn        turn // one sink write at a time (turn.go)
 
 	// mu guards the batch Records are filling and the closed flag. A
 	// Record copies its event in under the lock; the one that fills the
@@ -149,13 +153,17 @@ func NewPipeline(o Options, sinks ...Sink) (*Pipeline, error) {
 			return nil, fmt.Errorf("audit: sink names must be set and distinct, got %q twice or empty", name)
 		}
 		names[name] = true
-		p.writers = append(p.writers, &writer{
+		w := &writer{
 			p:       p,
 			sink:    s,
 			name:    name,
 			m:       p.m.forSink(name),
 			batches: make(chan *batch, max(1, o.QueueSize/o.BatchSize)),
-		})
+		}
+		if sameSink(s, p.spill) {
+			p.spillWriter = w
+		}
+		p.writers = append(p.writers, w)
 	}
 	queueLength := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "keyproxy_audit_queue_length",

@@ -99,29 +99,12 @@ func TestPipeline_SpillsAndCountsWhatAFailingSinkCannotTake(t *testing.T) {
 	broken.fail = alwaysFail
 	core, logs := observer.New(zapcore.InfoLevel)
 	p := newTestPipeline(t, Options{RetryBackoff: time.Millisecond, Spill: spill, Logger: zap.New(core), BatchSize: 10}, broken, healthy)
-	var want []string
-	for i := range 95 {
-		id := fmt.Sprintf("evt_%d", i)
-		want = append(want, id)
-		p.Record(Event{ID: id, Type: TypeAPIRequest})
-	}
+	want := recordEvents(p, 95)
 	closePipeline(t, p)
 
 	assertSameIDs(t, "healthy sink", healthy.snapshot(), want)
 	assertSameIDs(t, "spill", spill.snapshot(), want)
-	for _, c := range []struct {
-		labels []string
-		want   int
-	}{
-		{[]string{"broken", "spilled"}, 95},
-		{[]string{"broken", "written"}, 0},
-		{[]string{"healthy", "written"}, 95},
-		{[]string{"healthy", "spilled"}, 0},
-	} {
-		if got := counterValue(t, p.m.events, c.labels...); got != c.want {
-			t.Errorf("events_total%v = %d, want %d", c.labels, got, c.want)
-		}
-	}
+	assertEventCounts(t, p, map[string]int{"broken/spilled": 95, "broken/written": 0, "healthy/written": 95, "healthy/spilled": 0})
 	if got := counterValue(t, p.m.spilled, ReasonSinkError); got != 95 {
 		t.Errorf("spilled_total{reason=sink_error} = %d, want 95", got)
 	}
@@ -135,6 +118,46 @@ func TestPipeline_SpillsAndCountsWhatAFailingSinkCannotTake(t *testing.T) {
 	broken.mu.Unlock()
 	if attempts != 12 {
 		t.Errorf("%d attempts on the failing sink, want 12 (3 for the first batch, 1 for each later one)", attempts)
+	}
+}
+
+// keyproxy's log sink is both a sink and the spill sink: with audit.file
+// set, both write the same file. An event another sink missed is then in
+// that file once, written by the log sink's own writer, not twice.
+func TestPipeline_ASpillSinkThatIsAlsoASinkGetsEachEventOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		logFails bool
+		wantLog  int // events the log sink holds at the end
+	}{
+		{"the log sink works", false, 95},
+		// Its own writer fails too: the events are lost once, counted as
+		// dropped under the log sink; the redis sink's are counted as
+		// handed to it.
+		{"the log sink fails too", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			broken, logSink := newMemSink("redis"), newMemSink("log")
+			broken.fail = alwaysFail
+			if tc.logFails {
+				logSink.fail = alwaysFail
+			}
+			p := newTestPipeline(t, Options{Retries: -1, Spill: logSink, BatchSize: 10}, logSink, broken)
+			want := recordEvents(p, 95)
+			closePipeline(t, p)
+			if tc.logFails {
+				if got := logSink.count(); got != 0 {
+					t.Fatalf("the failing log sink holds %d events", got)
+				}
+				assertEventCounts(t, p, map[string]int{"log/dropped": 95, "redis/spilled": 95, "redis/dropped": 0})
+				if got := counterValue(t, p.m.dropped, ReasonSinkError); got != 95 {
+					t.Errorf("dropped_total{sink_error} = %d, want 95: each lost event once", got)
+				}
+				return
+			}
+			assertSameIDs(t, "log sink", logSink.snapshot(), want)
+			assertEventCounts(t, p, map[string]int{"redis/spilled": 95, "log/written": 95, "log/spilled": 0})
+		})
 	}
 }
 
@@ -222,12 +245,7 @@ func TestClose_WhenTheContextEndsSpillsTheBacklogAndSaysSo(t *testing.T) {
 	stalled, spill := newMemSink("stalled"), newMemSink("spill")
 	stalled.gate = make(chan struct{}) // never opened: honours only ctx
 	p := newTestPipeline(t, Options{BatchSize: 10, Spill: spill}, stalled)
-	var want []string
-	for i := range 100 {
-		id := fmt.Sprintf("evt_%d", i)
-		want = append(want, id)
-		p.Record(Event{ID: id, Type: TypeAPIRequest})
-	}
+	want := recordEvents(p, 100)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	err := p.Close(ctx)

@@ -3,6 +3,8 @@ package audit
 import (
 	"context"
 	"errors"
+	"reflect"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -24,9 +26,15 @@ func (l *logLimiter) allow() bool {
 func (p *Pipeline) spillEvents(events []Event, reason string, cause error, missed ...*writer) {
 	n := float64(len(events))
 	var err error
-	if p.spill == nil {
+	switch {
+	case p.spill == nil:
 		err = errors.New("no spill sink configured")
-	} else {
+	case p.spillWriter != nil && !slices.Contains(missed, p.spillWriter):
+		// The spill sink is a sink too, and its writer has these events:
+		// it writes them, or spills them itself if it cannot. Writing
+		// them here as well put every event another sink missed in the
+		// audit file twice.
+	default:
 		ctx, cancel := context.WithTimeout(context.Background(), p.o.SinkTimeout)
 		err = p.spill.Write(ctx, events)
 		cancel()
@@ -58,6 +66,12 @@ func (p *Pipeline) spillEvents(events []Event, reason string, cause error, misse
 			zap.Int("events", len(events)), zap.Strings("sinks", sinkNames(missed)),
 			zap.String("first_id", events[0].ID), zap.NamedError("cause", cause), zap.Error(err))
 	}
+}
+
+// sameSink reports whether a and b are the same sink. Comparing two
+// interfaces whose common dynamic type is not comparable would panic.
+func sameSink(a, b Sink) bool {
+	return a != nil && b != nil && reflect.TypeOf(a).Comparable() && a == b
 }
 
 func sinkNames(ws []*writer) []string {
