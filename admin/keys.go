@@ -91,9 +91,13 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Creating a key upserts its owner; a changed role or team changes the
-	// identity of the owner's other keys.
+	// identity of the owner's other keys, and is recorded as PutUser's
+	// change would be: a move makes the old team's keys stop working.
 	if len(k.EvictHashes) > 0 {
 		h.evictor.Evict(ctx, k.EvictHashes)
+	}
+	if k.OwnerChanged {
+		h.record(r, http.StatusCreated, audit.Event{Type: audit.TypeUserUpdated, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	}
 	h.metrics.keysCreated.Inc()
 	h.record(r, http.StatusCreated, audit.Event{Type: audit.TypeKeyCreated, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})

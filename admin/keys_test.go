@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -273,6 +274,42 @@ func TestCreateKey_RoleChangeEvictsOwnersOtherKeys(t *testing.T) {
 	e.create("b", "u1", "t1", "owner")
 	if got := e.evictor.evicted(); len(got) != 1 || got[0] != keystore.HashKey(first.Key) {
 		t.Fatalf("evicted %v, want the first key's hash", got)
+	}
+}
+
+// A create that changes its owner's team or role records user.updated
+// before key.created: the owner's old team's keys stop working, and the
+// trail says why. A create that changes nothing about the owner records
+// only key.created.
+func TestCreateKey_OwnerChangeIsAudited(t *testing.T) {
+	for _, tt := range []struct {
+		name, team, role string
+		wantUserUpdated  bool
+	}{
+		{"same team and role", "t1", "admin", false},
+		{"another role", "t1", "owner", true},
+		{"another team", "t2", "admin", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.create("a", "u1", "t1", "admin")
+			before := len(e.events.all())
+			k := e.create("b", "u1", tt.team, tt.role)
+			var types []string
+			for _, ev := range e.events.all()[before:] {
+				types = append(types, ev.Type)
+				if ev.Type == audit.TypeUserUpdated && (ev.UserID != "u1" || ev.TeamID != tt.team || ev.Role != tt.role || ev.KeyID != "") {
+					t.Errorf("user.updated = %+v, want u1 in %s as %s and no key id", ev, tt.team, tt.role)
+				}
+			}
+			want := []string{audit.TypeKeyCreated}
+			if tt.wantUserUpdated {
+				want = []string{audit.TypeUserUpdated, audit.TypeKeyCreated}
+			}
+			if !slices.Equal(types, want) {
+				t.Fatalf("create %s recorded %v, want %v", k.ID, types, want)
+			}
+		})
 	}
 }
 

@@ -30,7 +30,10 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	}
 	k.CreatedAt = pgNow(k.CreatedAt)
 	k.ExpiresAt = pgTimePtr(k.ExpiresAt)
-	var evict []Hash
+	var (
+		evict   []Hash
+		changed bool
+	)
 	err := p.inTx(ctx, "create key", func(tx pgx.Tx) error {
 		now := time.Now()
 		if _, err := tx.Exec(ctx, `INSERT INTO teams (id, active, updated_at) VALUES ($1, true, $2)
@@ -46,7 +49,7 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 			return ErrTeamInactive
 		}
 		var err error
-		if evict, err = pgUpsertKeyOwner(ctx, tx, k, now); err != nil {
+		if changed, evict, err = pgUpsertKeyOwner(ctx, tx, k, now); err != nil {
 			return err
 		}
 		var active int
@@ -71,32 +74,33 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	}
 	return Key{
 		ID: k.ID, Hash: k.Hash, Start: k.Start, Name: k.Name, UserID: k.UserID, TeamID: k.TeamID,
-		Role: k.Role, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, EvictHashes: evict,
+		Role: k.Role, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, EvictHashes: evict, OwnerChanged: changed,
 	}, nil
 }
 
 // pgUpsertKeyOwner creates the user (active) or moves it to the key's team
-// and role. When an existing user changes, it returns the hashes of the
-// user's other unrevoked keys, whose identities just changed.
-func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) ([]Hash, error) {
+// and role. When an existing user changes, it says so and returns the
+// hashes of the user's other unrevoked keys, whose identities just changed.
+func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, err error) {
 	tag, err := tx.Exec(ctx, `INSERT INTO users (id, team_id, role, active, updated_at)
 		VALUES ($1, $2, $3, true, $4) ON CONFLICT (id) DO NOTHING`, k.UserID, k.TeamID, k.Role, now)
 	if err != nil || tag.RowsAffected() == 1 {
-		return nil, err
+		return false, nil, err
 	}
 	var team, role string
 	if err := tx.QueryRow(ctx, `SELECT team_id, role FROM users WHERE id = $1 FOR NO KEY UPDATE`,
 		k.UserID).Scan(&team, &role); err != nil {
-		return nil, err
+		return false, nil, err
 	}
 	if team == k.TeamID && role == k.Role {
-		return nil, nil
+		return false, nil, nil
 	}
 	if _, err := tx.Exec(ctx, `UPDATE users SET team_id = $1, role = $2, updated_at = $3 WHERE id = $4`,
 		k.TeamID, k.Role, now, k.UserID); err != nil {
-		return nil, err
+		return false, nil, err
 	}
-	return pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, k.UserID)
+	evict, err = pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, k.UserID)
+	return true, evict, err
 }
 
 // GetKey returns one key, ErrNotFound if the id is unknown.

@@ -36,7 +36,10 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	}
 	now := time.Now().UTC()
 	k.CreatedAt = stamp(k.CreatedAt)
-	var evict []Hash
+	var (
+		evict   []Hash
+		changed bool
+	)
 	err := s.inTx(ctx, "create key", func(tx *sql.Tx) error {
 		if err := ensureTeam(ctx, tx, k.TeamID, now); err != nil {
 			return err
@@ -49,7 +52,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 			return ErrTeamInactive
 		}
 		var err error
-		if evict, err = upsertKeyOwner(ctx, tx, k, now); err != nil {
+		if changed, evict, err = upsertKeyOwner(ctx, tx, k, now); err != nil {
 			return err
 		}
 		var active int
@@ -74,7 +77,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	}
 	key := Key{
 		ID: k.ID, Hash: k.Hash, Start: k.Start, Name: k.Name, UserID: k.UserID, TeamID: k.TeamID,
-		Role: k.Role, CreatedAt: k.CreatedAt, EvictHashes: evict,
+		Role: k.Role, CreatedAt: k.CreatedAt, EvictHashes: evict, OwnerChanged: changed,
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()
@@ -99,26 +102,27 @@ func validateNewKey(k NewKey) error {
 }
 
 // upsertKeyOwner creates the user (active) or moves it to the key's team
-// and role. When an existing user changes, it returns the hashes of the
-// user's other unrevoked keys, whose identities just changed.
-func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) ([]Hash, error) {
+// and role. When an existing user changes, it says so and returns the
+// hashes of the user's other unrevoked keys, whose identities just changed.
+func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, err error) {
 	var team, role string
-	err := tx.QueryRowContext(ctx, `SELECT team_id, role FROM users WHERE id = ?`, k.UserID).Scan(&team, &role)
+	err = tx.QueryRowContext(ctx, `SELECT team_id, role FROM users WHERE id = ?`, k.UserID).Scan(&team, &role)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		_, err = tx.ExecContext(ctx, `INSERT INTO users (id, team_id, role, active, updated_at) VALUES (?, ?, ?, 1, ?)`,
 			k.UserID, k.TeamID, k.Role, nanos(now))
-		return nil, err
+		return false, nil, err
 	case err != nil:
-		return nil, err
+		return false, nil, err
 	case team == k.TeamID && role == k.Role:
-		return nil, nil
+		return false, nil, nil
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE users SET team_id = ?, role = ?, updated_at = ? WHERE id = ?`,
 		k.TeamID, k.Role, nanos(now), k.UserID); err != nil {
-		return nil, err
+		return false, nil, err
 	}
-	return queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, k.UserID)
+	evict, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, k.UserID)
+	return true, evict, err
 }
 
 // GetKey returns one key, ErrNotFound if the id is unknown.

@@ -52,6 +52,10 @@ type Key struct {
 	// changed their role. Their cached identities are stale; evict them as
 	// PutUser's hashes.
 	EvictHashes []Hash
+	// OwnerChanged is set only by CreateKey: this create changed an
+	// existing owner's team or role (the admin API records user.updated
+	// for it, as PutUser's change would be).
+	OwnerChanged bool
 }
 
 // NewKey is what CreateKey stores. The caller generates ID and Hash.

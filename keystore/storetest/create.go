@@ -21,8 +21,8 @@ func testCreateReturnsStored(t *testing.T, s keystore.Store) {
 	}
 	checkKey(t, k, want)
 	checkKey(t, getKey(t, s, nk.ID), want)
-	if len(k.EvictHashes) != 0 {
-		t.Fatalf("first key of a new user evicts %d hashes", len(k.EvictHashes))
+	if len(k.EvictHashes) != 0 || k.OwnerChanged {
+		t.Fatalf("first key of a new user evicts %d hashes, OwnerChanged %v", len(k.EvictHashes), k.OwnerChanged)
 	}
 }
 
@@ -191,6 +191,9 @@ func testCreateMovesUser(t *testing.T, s keystore.Store) {
 	other := create(t, s, newKey(t, "team_a", "user_other", "admin"))
 
 	moved := create(t, s, newKey(t, "team_b", "user_a", "admin"))
+	if !moved.OwnerChanged {
+		t.Fatal("a create that moved its owner did not report OwnerChanged")
+	}
 	evict := moved.EvictHashes
 	slices.SortFunc(evict, func(a, b keystore.Hash) int { return slices.Compare(a[:], b[:]) })
 	want := []keystore.Hash{old1.Hash, old2.Hash}
@@ -215,12 +218,12 @@ func testCreateMovesUser(t *testing.T, s keystore.Store) {
 	}
 	// Same team and role again: nothing changes, nothing to evict.
 	again := create(t, s, newKey(t, "team_b", "user_a", "admin"))
-	if len(again.EvictHashes) != 0 {
-		t.Fatalf("unchanged owner evicts %d hashes", len(again.EvictHashes))
+	if len(again.EvictHashes) != 0 || again.OwnerChanged {
+		t.Fatalf("unchanged owner evicts %d hashes, OwnerChanged %v", len(again.EvictHashes), again.OwnerChanged)
 	}
 	// A role change alone also makes the other keys stale.
 	promoted := create(t, s, newKey(t, "team_b", "user_a", "super_admin"))
-	if len(promoted.EvictHashes) != 4 {
-		t.Fatalf("role change evicts %d hashes, want the user's 4 other unrevoked keys", len(promoted.EvictHashes))
+	if len(promoted.EvictHashes) != 4 || !promoted.OwnerChanged {
+		t.Fatalf("role change evicts %d hashes (OwnerChanged %v), want the user's 4 other unrevoked keys", len(promoted.EvictHashes), promoted.OwnerChanged)
 	}
 }
