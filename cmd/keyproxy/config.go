@@ -182,6 +182,7 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 	// Bind every known key to its variable explicitly (AutomaticEnv only
 	// sees keys viper already knows, and environ is passed in for tests).
 	env := envMap(environ)
+	setEnvPublicKeys(v, env)
 	for _, key := range v.AllKeys() {
 		name := "KEYPROXY_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
 		if val, ok := env[name]; ok {
@@ -195,7 +196,8 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 		known["KEYPROXY_"+strings.ToUpper(strings.ReplaceAll(key, ".", "_"))] = true
 	}
 	for name := range env {
-		if strings.HasPrefix(name, "KEYPROXY_") && !known[name] && !ignoredEnv[name] {
+		// A key identifier may be written as GitHub gives it, in lower case.
+		if strings.HasPrefix(name, "KEYPROXY_") && !known[name] && !ignoredEnv[name] && !envPublicKeyRe.MatchString(name) {
 			unknownEnv = append(unknownEnv, name)
 		}
 	}
@@ -249,6 +251,35 @@ func setEnvRoles(v *viper.Viper, env map[string]string) {
 		if m := envRoleRe.FindStringSubmatch(name); m != nil {
 			v.Set("ratelimit.roles."+strings.ToLower(m[1])+"."+strings.ToLower(m[2]), val)
 		}
+	}
+}
+
+// envPublicKeyRe names a GitHub secret-scanning key by its identifier
+// (hex, as GitHub gives it), its value the PEM text or a file.
+var envPublicKeyRe = regexp.MustCompile(`^KEYPROXY_SECRET_SCANNING_PUBLIC_KEYS_([A-Za-z0-9]{1,128})$`)
+
+// setEnvPublicKeys adds the environment's secret-scanning keys to the
+// file's, lower case as viper makes a file's map keys. The whole map is
+// set at once: an override of one entry would hide the file's others
+// from viper's lookup of the map, depending on the order it walks keys in.
+func setEnvPublicKeys(v *viper.Viper, env map[string]string) {
+	const key = "secret_scanning.public_keys"
+	// map[string]any: the binding loop's Set of an entry the file names
+	// would replace any other kind of map with one holding only that entry.
+	var merged map[string]any
+	for name, val := range env {
+		if m := envPublicKeyRe.FindStringSubmatch(name); m != nil {
+			if merged == nil {
+				merged = map[string]any{}
+				for id, text := range v.GetStringMapString(key) {
+					merged[id] = text
+				}
+			}
+			merged[strings.ToLower(m[1])] = val
+		}
+	}
+	if merged != nil {
+		v.Set(key, merged)
 	}
 }
 

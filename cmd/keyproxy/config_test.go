@@ -1,6 +1,12 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -211,6 +217,37 @@ func TestLoadConfig_EnvironmentAddsARole(t *testing.T) {
 	}
 	if _, err := LoadConfig("", []string{"KEYPROXY_RATELIMIT_ROLES_ADMIN_REQUESTS=5"}); err == nil || !strings.Contains(err.Error(), "ratelimit.roles.admin.") {
 		t.Errorf("a partial policy from the environment: %v", err)
+	}
+}
+
+// TestLoadConfig_EnvironmentAddsAPublicKey: GitHub's secret-scanning keys
+// can come from the environment too, by identifier, as PEM text or a file,
+// next to those of the file.
+func TestLoadConfig_EnvironmentAddsAPublicKey(t *testing.T) {
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := x509.MarshalPKIXPublicKey(&signer.PublicKey)
+	pemText := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	file := write(t, filepath.Join(t.TempDir(), "github.pem"), []byte(pemText))
+	yaml := "secret_scanning:\n  enabled: true\n  public_keys:\n    aa01: " + file + "\n    aa02: /nowhere\n"
+	cfg := mustLoad(t, yaml, []string{
+		"KEYPROXY_SECRET_SCANNING_PUBLIC_KEYS_90a421169f0a=" + pemText, // lower case, as GitHub writes ids
+		"KEYPROXY_SECRET_SCANNING_PUBLIC_KEYS_BB02=" + file,
+		"KEYPROXY_SECRET_SCANNING_PUBLIC_KEYS_AA02=" + pemText, // replaces the file's
+	})
+	want := map[string]string{"aa01": file, "aa02": pemText, "90a421169f0a": pemText, "bb02": file}
+	if !maps.Equal(cfg.SecretScanning.PublicKeys, want) {
+		t.Fatalf("public keys %q, want %q", sortedKeys(cfg.SecretScanning.PublicKeys), sortedKeys(want))
+	}
+	keys, problems := cfg.SecretScanning.keys()
+	if len(problems) > 0 || len(keys) != 4 {
+		t.Fatalf("%d keys parsed, problems %q", len(keys), problems)
+	}
+	_, err = LoadConfig("", []string{"KEYPROXY_SECRET_SCANNING_ENABLED=true", "KEYPROXY_SECRET_SCANNING_PUBLIC_KEYS_CC03=not a key"})
+	if err == nil || !strings.Contains(err.Error(), "secret_scanning.public_keys.cc03: neither PEM text nor a readable file") {
+		t.Fatalf("a bad key from the environment: %v", err)
 	}
 }
 
