@@ -261,7 +261,7 @@ func (h *Handler) routes() *http.ServeMux {
 // the exchange.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	started := time.Now()
-	x := &exchange{requestID: h.requestID(r.Header.Get("X-Request-Id")), clientIP: clientIP(r.RemoteAddr), started: started}
+	x := &exchange{requestID: h.requestID(r.Header.Get("X-Request-Id")), clientIP: clientIP(r.RemoteAddr), started: started, redact: h.redact}
 	sw := &statusWriter{ResponseWriter: w}
 	sw.Header().Set("X-Request-Id", x.requestID)
 	limit := h.maxBody

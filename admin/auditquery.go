@@ -107,7 +107,7 @@ func params(raw string, allowed ...string) (map[string]string, error) {
 	out := make(map[string]string, len(vals))
 	for name, v := range vals {
 		if !slices.Contains(allowed, name) {
-			return nil, badRequest(fmt.Sprintf("Unknown query parameter %s.", quoteShort(name)))
+			return nil, badInput("Unknown query parameter "+echoAt+".", name)
 		}
 		if len(v) != 1 {
 			return nil, badRequest(fmt.Sprintf("Query parameter %q appears more than once.", name))

@@ -69,6 +69,8 @@ type exchange struct {
 	actor     string
 	clientIP  string
 	started   time.Time
+	// redact removes keys and admin tokens from what a problem echoes.
+	redact keystore.Redactor
 	// err is the unexpected error behind a 5xx, for the log line only.
 	err error
 }

@@ -60,7 +60,7 @@ func parseObject(body []byte, fields ...string) (object, error) {
 		}
 		name, _ := tok.(string) // inside an object the decoder yields names or an error
 		if !slices.Contains(fields, name) {
-			return nil, badRequest(fmt.Sprintf("Unknown field %s; allowed: %s.", quoteShort(name), strings.Join(fields, ", ")))
+			return nil, badInput("Unknown field "+echoAt+"; allowed: "+strings.Join(fields, ", ")+".", name)
 		}
 		if _, dup := obj[name]; dup {
 			return nil, badRequest(fmt.Sprintf("Field %q appears more than once.", name))

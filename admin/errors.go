@@ -18,30 +18,60 @@ type apiError struct {
 	code   string
 	title  string
 	detail string
+	// echo is client input that detail quotes where it says echoAt. fail
+	// fills it in after removing keys and admin tokens (a client that put
+	// one in a field or parameter name got it back whole otherwise), and
+	// cuts it short.
+	echo string
 }
 
-func (e *apiError) Error() string { return "admin: " + e.code + ": " + e.detail }
+// echoAt marks where an apiError's detail quotes its echo.
+const echoAt = "{input}"
+
+func (e *apiError) Error() string {
+	return "admin: " + e.code + ": " + strings.Replace(e.detail, echoAt, `"…"`, 1)
+}
+
+// render is the detail a client sees.
+func (e *apiError) render(redact keystore.Redactor) string {
+	if e.echo == "" {
+		return e.detail
+	}
+	return strings.Replace(e.detail, echoAt, quoteShort(redact.Redact(e.echo)), 1)
+}
 
 var (
-	errUnauthorized         = &apiError{http.StatusUnauthorized, "unauthorized", "Unauthorized", "A valid admin token is required."}
-	errNotFound             = &apiError{http.StatusNotFound, "not_found", "Not found", "No such resource."}
-	errForbiddenRole        = &apiError{http.StatusForbidden, "forbidden_role", "Role may not create keys", "Only the configured creator roles may create API keys."}
-	errSubscriptionInactive = &apiError{http.StatusForbidden, "subscription_inactive", "Subscription inactive", "The team's subscription is inactive."}
-	errKeyLimit             = &apiError{http.StatusConflict, "key_limit_reached", "Key limit reached", "The team has reached its limit of active keys; revoke one to create another."}
-	errKeyExpired           = &apiError{http.StatusConflict, "key_expired", "Key expired", "An expired key cannot be given a new expiry; create a new key."}
-	errConflict             = &apiError{http.StatusConflict, "conflict", "Conflict", "The change conflicts with the current state; retry."}
-	errReportTooLarge       = &apiError{http.StatusRequestEntityTooLarge, "request_too_large", "Request too large", "The report body is too large."}
-	errMediaType            = &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "Unsupported media type", "The request body must be application/json."}
-	errAuditUnavailable     = &apiError{http.StatusNotImplemented, "audit_query_unavailable", "Audit query unavailable", "No audit sink that can be queried is configured."}
-	errStoreUnavailable     = &apiError{http.StatusServiceUnavailable, "store_unavailable", "Store unavailable", "The key store is unavailable; retry later."}
+	errUnauthorized         = newAPIError(http.StatusUnauthorized, "unauthorized", "Unauthorized", "A valid admin token is required.")
+	errNotFound             = newAPIError(http.StatusNotFound, "not_found", "Not found", "No such resource.")
+	errForbiddenRole        = newAPIError(http.StatusForbidden, "forbidden_role", "Role may not create keys", "Only the configured creator roles may create API keys.")
+	errSubscriptionInactive = newAPIError(http.StatusForbidden, "subscription_inactive", "Subscription inactive", "The team's subscription is inactive.")
+	errKeyLimit             = newAPIError(http.StatusConflict, "key_limit_reached", "Key limit reached", "The team has reached its limit of active keys; revoke one to create another.")
+	errKeyExpired           = newAPIError(http.StatusConflict, "key_expired", "Key expired", "An expired key cannot be given a new expiry; create a new key.")
+	errConflict             = newAPIError(http.StatusConflict, "conflict", "Conflict", "The change conflicts with the current state; retry.")
+	errReportTooLarge       = newAPIError(http.StatusRequestEntityTooLarge, "request_too_large", "Request too large", "The report body is too large.")
+	errMediaType            = newAPIError(http.StatusUnsupportedMediaType, "unsupported_media_type", "Unsupported media type", "The request body must be application/json.")
+	errAuditUnavailable     = newAPIError(http.StatusNotImplemented, "audit_query_unavailable", "Audit query unavailable", "No audit sink that can be queried is configured.")
+	errStoreUnavailable     = newAPIError(http.StatusServiceUnavailable, "store_unavailable", "Store unavailable", "The key store is unavailable; retry later.")
 	// errClientGone is what the log and metrics show when the client hung up
 	// before the answer (nginx's 499); the client never sees it.
-	errClientGone = &apiError{499, "client_closed_request", "Client closed request", "The client closed the connection."}
-	errInternal   = &apiError{http.StatusInternalServerError, "internal", "Internal error", "The request failed; the request id identifies it in the logs."}
+	errClientGone = newAPIError(499, "client_closed_request", "Client closed request", "The client closed the connection.")
+	errInternal   = newAPIError(http.StatusInternalServerError, "internal", "Internal error", "The request failed; the request id identifies it in the logs.")
 )
 
+func newAPIError(status int, code, title, detail string) *apiError {
+	return &apiError{status: status, code: code, title: title, detail: detail}
+}
+
 func badRequest(detail string) *apiError {
-	return &apiError{http.StatusBadRequest, "invalid_request", "Invalid request", detail}
+	return newAPIError(http.StatusBadRequest, "invalid_request", "Invalid request", detail)
+}
+
+// badInput is badRequest quoting the client's input where detail says
+// echoAt.
+func badInput(detail, input string) *apiError {
+	e := badRequest(detail)
+	e.echo = input
+	return e
 }
 
 // bodyTooLarge refuses a body over limit bytes: on the admin API it is 400
@@ -79,11 +109,11 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	problem.Write(w, problem.Problem{Status: ae.status, Code: ae.code, Title: ae.title, Detail: ae.detail, RequestID: x.requestID})
+	problem.Write(w, problem.Problem{Status: ae.status, Code: ae.code, Title: ae.title, Detail: ae.render(x.redact), RequestID: x.requestID})
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {
-	err := &apiError{http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed", "Allowed methods: " + allow + "."}
+	err := newAPIError(http.StatusMethodNotAllowed, "method_not_allowed", "Method not allowed", "Allowed methods: "+allow+".")
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allow)
 		fail(w, r, err)

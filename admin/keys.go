@@ -61,6 +61,9 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	}
 	now := h.now().UTC()
 	req, err := parseCreateKey(body, now)
+	if err == nil {
+		err = h.noSecrets("name", req.Name, "user_id", req.UserID, "team_id", req.TeamID)
+	}
 	if err != nil {
 		fail(w, r, err)
 		return
@@ -179,6 +182,9 @@ func (h *Handler) patchKey(w http.ResponseWriter, r *http.Request) {
 	}
 	now := h.now()
 	req, err := parsePatchKey(body, now)
+	if err == nil && req.Name != nil {
+		err = h.noSecrets("name", *req.Name)
+	}
 	if err != nil {
 		fail(w, r, err)
 		return

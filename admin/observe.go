@@ -107,7 +107,7 @@ func (h *Handler) observe(r *http.Request, sw *statusWriter, x *exchange, route 
 		return
 	}
 	fields := []zap.Field{
-		zap.String("method", r.Method),
+		zap.String("method", h.redact.Redact(r.Method)),
 		zap.String("path", h.safePath(r.URL.Path)),
 		zap.String("route", route),
 		zap.Int("status", status),
@@ -156,7 +156,7 @@ func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 	if ev.Actor == "" {
 		ev.Actor = x.actor
 	}
-	ev.Method = r.Method
+	ev.Method = h.redact.Redact(r.Method)
 	ev.Path = h.redact.Redact(r.URL.Path)
 	ev.Status = status
 	ev.DurationMS = float64(time.Since(x.started).Microseconds()) / 1000

@@ -40,10 +40,25 @@ func TestSecrets_NeverInLogsEventsMetricsOrErrors(t *testing.T) {
 		e.do("POST", "/admin/v1/keys", `{"`+k.Key+`":1}`),
 		e.do("GET", "/admin/v1/keys?team_id=t1", "", "Authorization", "Bearer "+k.Key),
 		e.do("GET", "/admin/v1/keys?"+k.Key+"=1&team_id=t1", ""),
+		// As an unknown field or parameter name, whose problem quotes it.
+		e.do("GET", "/admin/v1/audit?"+testToken+"=1", ""),
+		e.do("GET", "/admin/v1/audit?x"+k.Key+"=1", ""),
+		e.do("POST", "/admin/v1/keys", `{"`+testToken+`":1}`),
+		// As an id or a name, which would be stored and recorded verbatim.
+		e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"`+k.Key+`","team_id":"t1","role":"owner"}`),
+		e.do("POST", "/admin/v1/keys", `{"name":"n","user_id":"u1","team_id":"t-`+testToken+`","role":"owner"}`),
+		e.do("POST", "/admin/v1/keys", `{"name":"`+k.Key+`","user_id":"u1","team_id":"t1","role":"owner"}`),
+		e.do("PUT", "/admin/v1/users/"+k.Key, `{"team_id":"t1","role":"owner","active":true}`),
+		e.do("PUT", "/admin/v1/users/u1", `{"team_id":"`+testToken+`","role":"owner","active":true}`),
+		e.do("PUT", "/admin/v1/teams/"+testToken, `{"active":true}`),
 	} {
-		if w.Code < 400 || strings.Contains(w.Body.String(), k.Key) {
+		if w.Code < 400 || containsAny(w.Body.String(), k.Key[len(e.format.Prefix()):len(k.Key)-6], testToken) {
 			t.Errorf("status %d, body %s", w.Code, w.Body)
 		}
+	}
+	// A name that only starts like a key is a name.
+	if w := e.do("PATCH", "/admin/v1/keys/"+k.ID, `{"name":"wev_production"}`); w.Code != 200 {
+		t.Errorf("PATCH name wev_production: %d %s", w.Code, w.Body)
 	}
 	e.do("DELETE", "/admin/v1/keys/"+k.ID, "")
 	metrics := e.do("GET", "/metrics", "").Body.String()
@@ -57,8 +72,8 @@ func TestSecrets_NeverInLogsEventsMetricsOrErrors(t *testing.T) {
 			t.Errorf("log line holds a secret: %s", line)
 		}
 	}
-	if n := len(e.events.all()); n != 3 {
-		t.Fatalf("%d events, want created, updated, revoked", n)
+	if n := len(e.events.all()); n != 4 {
+		t.Fatalf("%d events, want created, updated twice, revoked", n)
 	}
 	for _, ev := range e.events.all() {
 		if containsAny(fmt.Sprintf("%+v", ev), secrets...) {

@@ -36,6 +36,9 @@ func (h *Handler) putUser(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req, err := parsePutUser(body)
+	if err == nil {
+		err = h.noSecrets("user_id", userID, "team_id", req.TeamID)
+	}
 	if err != nil {
 		fail(w, r, err)
 		return
@@ -67,6 +70,9 @@ func (h *Handler) putTeam(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	active, err := parsePutTeam(body)
+	if err == nil {
+		err = h.noSecrets("team_id", teamID)
+	}
 	if err != nil {
 		fail(w, r, err)
 		return

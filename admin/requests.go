@@ -204,3 +204,16 @@ func validRole(s string) bool {
 	}
 	return true
 }
+
+// noSecrets refuses ids and names (pairs of field and value) that hold an
+// API key or an admin token. They would reach the audit trail, the logs
+// and key lists verbatim, and redacting them there would make the trail
+// name the wrong user or team.
+func (h *Handler) noSecrets(fieldValues ...string) error {
+	for i := 0; i+1 < len(fieldValues); i += 2 {
+		if h.redact.Holds(fieldValues[i+1]) {
+			return badRequest(fmt.Sprintf("%q must not hold an API key or an admin token.", fieldValues[i]))
+		}
+	}
+	return nil
+}

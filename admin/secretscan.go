@@ -66,8 +66,8 @@ type SecretScanning struct {
 	MaxBodyBytes int64
 }
 
-var errBadSignature = &apiError{http.StatusUnauthorized, "invalid_signature", "Invalid signature",
-	"The report must be signed with a configured GitHub secret-scanning key (Github-Public-Key-Identifier, Github-Public-Key-Signature)."}
+var errBadSignature = newAPIError(http.StatusUnauthorized, "invalid_signature", "Invalid signature",
+	"The report must be signed with a configured GitHub secret-scanning key (Github-Public-Key-Identifier, Github-Public-Key-Signature).")
 
 // ParsePublicKeyPEM reads an ECDSA P-256 public key (PEM "PUBLIC KEY", as
 // GitHub publishes its secret-scanning keys).

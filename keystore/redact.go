@@ -85,6 +85,33 @@ func (r Redactor) Redact(s string) string {
 	return r.format.Redact(s)
 }
 
+// Holds reports whether s holds one of the secrets or a key: the prefix
+// and at least a key's random part of base62. It is stricter than what
+// Redact removes (from 8 characters on), so that input that merely starts
+// like a key ("wev_production") can be refused by it without false alarms.
+func (r Redactor) Holds(s string) bool {
+	if r.HasSecret(s) {
+		return true
+	}
+	prefix := r.format.prefix
+	for i := strings.Index(s, prefix); i >= 0 && prefix != ""; {
+		j := i + len(prefix)
+		n := 0
+		for j+n < len(s) && base62Index[s[j+n]] != 0xff {
+			n++
+		}
+		if n >= randomLen {
+			return true
+		}
+		k := strings.Index(s[j:], prefix)
+		if k < 0 {
+			break
+		}
+		i = j + k
+	}
+	return false
+}
+
 // HasSecret reports whether s holds one of the secrets (not a key: use
 // the key prefix for that).
 func (r Redactor) HasSecret(s string) bool {

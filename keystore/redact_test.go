@@ -97,3 +97,31 @@ func TestRedactor(t *testing.T) {
 		t.Errorf("the zero Redactor changed the string to %q", got)
 	}
 }
+
+// TestRedactorHolds: what the admin API refuses as an id or a name. A key
+// or token anywhere in the string counts; a name that only starts like a
+// key does not.
+func TestRedactorHolds(t *testing.T) {
+	const token = "admin-token-0123456789"
+	key := mustGenerate(t, mustFormat(t, "wev_"))
+	r := NewRedactor(mustFormat(t, "wev_"), []string{token})
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{"usr_alice", false},
+		{"wev_production", false},
+		{"wev_wev_" + strings.Repeat("a", 20), false},
+		{key, true},
+		{"team-" + key + "-x", true},
+		{key[:len(key)-6], true}, // the checksum cut off: still the secret part
+		{"wev_x wev_" + key[4:], true},
+		{token, true},
+		{"a" + token, true},
+		{token[:15], false},
+	} {
+		if got := r.Holds(tt.in); got != tt.want {
+			t.Errorf("Holds(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}

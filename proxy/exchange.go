@@ -152,14 +152,15 @@ func (h *Handler) finish(e *exchange) {
 	h.m.inFlight.Dec()
 	d := time.Since(e.start)
 	h.m.observe(e.outcome, int(e.status), d)
-	path := h.redact.Redact(e.req.URL.Path)
+	// net/http takes any token as a method, a key too.
+	method, path := h.redact.Redact(e.req.Method), h.redact.Redact(e.req.URL.Path)
 	if h.accessLog {
 		if ce := h.log.Check(zap.InfoLevel, "request"); ce != nil {
-			ce.Write(zap.Inline(&accessLine{e: e, path: path, d: d}))
+			ce.Write(zap.Inline(&accessLine{e: e, method: method, path: path, d: d}))
 		}
 	}
 	if h.recorder != nil {
-		h.recorder.Record(h.event(e, path, d))
+		h.recorder.Record(h.event(e, method, path, d))
 	}
 }
 
@@ -168,16 +169,16 @@ func (h *Handler) finish(e *exchange) {
 // it keeps for the call is 64 bytes a request, not 448
 // (BenchmarkServeHTTP/keyproxy+access-log).
 type accessLine struct {
-	e    *exchange
-	path string // redacted
-	d    time.Duration
+	e            *exchange
+	method, path string // redacted
+	d            time.Duration
 }
 
 func (l *accessLine) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	e := l.e
 	enc.AddString("request_id", e.requestID())
 	enc.AddString("key_id", e.hv[hvKeyID])
-	enc.AddString("method", e.req.Method)
+	enc.AddString("method", l.method)
 	enc.AddString("path", l.path)
 	enc.AddInt64("status", int64(e.status))
 	enc.AddDuration("duration", l.d)
@@ -189,11 +190,11 @@ func (l *accessLine) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 // resolved to someone, auth.failed with only the key's display start
 // otherwise. Never the key, not even one the client put in its path or
 // user agent.
-func (h *Handler) event(e *exchange, path string, d time.Duration) audit.Event {
+func (h *Handler) event(e *exchange, method, path string, d time.Duration) audit.Event {
 	ev := audit.Event{
 		Time:       e.now.UTC(),
 		RequestID:  e.detachedRequestID(),
-		Method:     e.req.Method,
+		Method:     method,
 		Path:       path,
 		Status:     int(e.status),
 		DurationMS: float64(d) / float64(time.Millisecond),
