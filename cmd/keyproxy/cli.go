@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -328,12 +329,28 @@ func newAuditCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 				return err
 			}
 			v := url.Values{}
-			for k, val := range map[string]string{"team_id": q.team, "key_id": q.key, "user_id": q.user, "since": q.since, "until": q.until, "cursor": q.cursor} {
-				if val != "" {
-					v.Set(k, val)
+			var again []string // the filters, for the next page's command
+			for _, p := range []struct{ flag, param, val string }{
+				{"team", "team_id", q.team}, {"key", "key_id", q.key}, {"user", "user_id", q.user},
+				{"since", "since", q.since}, {"until", "until", q.until}, {"cursor", "cursor", q.cursor},
+			} {
+				if !cmd.Flags().Changed(p.flag) {
+					continue
+				}
+				// An empty filter from an unset shell variable must not
+				// widen the query to every team.
+				if p.val == "" {
+					return usageError{fmt.Errorf("--%s is empty: give a value or leave the flag out", p.flag)}
+				}
+				v.Set(p.param, p.val)
+				if p.flag != "cursor" {
+					again = append(again, "--"+p.flag, p.val)
 				}
 			}
 			v.Set("limit", strconv.Itoa(limit))
+			if cmd.Flags().Changed("limit") {
+				again = append(again, "--limit", strconv.Itoa(limit))
+			}
 			var out struct {
 				Events     []map[string]any `json:"events"`
 				NextCursor *string          `json:"next_cursor"`
@@ -352,7 +369,7 @@ func newAuditCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 			}
 			_ = tw.Flush()
 			if out.NextCursor != nil {
-				fmt.Fprintf(stdout, "\nmore: --cursor %s\n", *out.NextCursor)
+				fmt.Fprintf(stdout, "\nmore: keyproxy audit %s\n", strings.Join(append(again, "--cursor", *out.NextCursor), " "))
 			}
 			return nil
 		},

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,12 @@ func TestCLI_KeyLifecycleAgainstRunningInstance(t *testing.T) {
 	if types["key.created"] != 1 || types["key.updated"] != 1 || types["key.revoked"] != 1 || types["api.request"] != 1 {
 		t.Errorf("audit --key --json: event types %v", types)
 	}
+	// A page that is not the last says how to get the next one, with the
+	// filters it was asked for.
+	page := in.cli(t, "audit", "--team", "team_cli", "--limit", "2")
+	if !regexp.MustCompile(`\nmore: keyproxy audit --team team_cli --limit 2 --cursor \S+\n$`).MatchString(page) {
+		t.Errorf("audit --limit 2 does not end with the next page's command:\n%s", page)
+	}
 
 	for _, secret := range []string{first, created.Key} {
 		if strings.Contains(trail, secret) || strings.Contains(in.logs.String(), secret) {
@@ -189,6 +196,8 @@ func TestCLI_FailuresExitWithTheProblemCode(t *testing.T) {
 			[]string{"kyes", "list"}, exitBadUsage, `unknown command "kyes"`},
 		{"nothing to update", []string{good},
 			[]string{"keys", "update", "key_00000000000000000000"}, exitBadUsage, "nothing to update"},
+		{"empty filter", []string{good},
+			[]string{"audit", "--team", ""}, exitBadUsage, "--team is empty"},
 		{"bad --active value", []string{good},
 			[]string{"teams", "set", "t1", "--active", "maybe"}, exitBadUsage, "--active must be true or false"},
 		{"admin API unreachable", []string{good, "KEYPROXY_ADMIN_URL=" + deadURL},
