@@ -96,9 +96,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	// Creating a key upserts its owner; a changed role or team changes the
 	// identity of the owner's other keys, and is recorded as PutUser's
 	// change would be: a move makes the old team's keys stop working.
-	if len(k.EvictHashes) > 0 {
-		h.evictor.Evict(ctx, k.EvictHashes)
-	}
+	h.evict(ctx, w, k.EvictHashes)
 	if k.OwnerChanged {
 		h.record(r, http.StatusCreated, audit.Event{Type: audit.TypeUserUpdated, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	}
@@ -210,7 +208,7 @@ func (h *Handler) patchKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Cached identities carry the old expiry.
-	h.evictor.Evict(ctx, []keystore.Hash{k.Hash})
+	h.evict(ctx, w, []keystore.Hash{k.Hash})
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeKeyUpdated, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	writeJSON(w, r, http.StatusOK, newKeyJSON(k))
 }
@@ -231,12 +229,11 @@ func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
 	}
 	// Evict even when the key was already revoked: it is idempotent and
 	// heals a replica that missed the first eviction.
-	confirmed, replicas := h.evictor.Evict(ctx, []keystore.Hash{k.Hash})
+	h.evict(ctx, w, []keystore.Hash{k.Hash})
 	if revokedNow(k, at) {
 		h.metrics.keysRevoked.Inc()
 	}
 	h.record(r, http.StatusNoContent, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
-	w.Header().Set("Keyproxy-Revocation-Acks", fmt.Sprintf("%d/%d", confirmed, replicas))
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -251,4 +248,16 @@ func revokedNow(k keystore.Key, at time.Time) bool {
 // a client that hangs up, so a committed change always reaches the caches.
 func detached(r *http.Request) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(r.Context()), mutationTimeout)
+}
+
+// evict evicts hashes on every replica and says in the answer how many
+// confirmed, as DELETE does: a PUT that deactivates a user or a team, or a
+// PATCH that ends a key, is as much a revocation. Nothing to evict, no
+// header.
+func (h *Handler) evict(ctx context.Context, w http.ResponseWriter, hashes []keystore.Hash) {
+	if len(hashes) == 0 {
+		return
+	}
+	confirmed, replicas := h.evictor.Evict(ctx, hashes)
+	w.Header().Set("Keyproxy-Revocation-Acks", fmt.Sprintf("%d/%d", confirmed, replicas))
 }

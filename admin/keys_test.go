@@ -313,6 +313,32 @@ func TestCreateKey_OwnerChangeIsAudited(t *testing.T) {
 	}
 }
 
+// Every change that evicts says how many replicas confirmed, as DELETE
+// does: deactivating a user or a team is as much a revocation. A change
+// with nothing to evict has no header.
+func TestEvictingChangesReportConfirmations(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("a", "u1", "t1", "owner")
+	for _, tt := range []struct {
+		method, path, body, want string
+	}{
+		{"PUT", "/admin/v1/users/u1", `{"team_id":"t1","role":"owner","active":false}`, "1/1"},
+		{"PUT", "/admin/v1/teams/t1", `{"active":false}`, "1/1"},
+		{"PATCH", "/admin/v1/keys/" + k.ID, `{"name":"b"}`, "1/1"},
+		{"DELETE", "/admin/v1/keys/" + k.ID, "", "1/1"},
+		{"PUT", "/admin/v1/users/u_nokeys", `{"team_id":"t1","role":"owner","active":false}`, ""},
+		{"PUT", "/admin/v1/teams/t_nokeys", `{"active":false}`, ""},
+	} {
+		w := e.do(tt.method, tt.path, tt.body)
+		if w.Code >= 300 {
+			t.Fatalf("%s %s: %d %s", tt.method, tt.path, w.Code, w.Body)
+		}
+		if got := w.Header().Get("Keyproxy-Revocation-Acks"); got != tt.want {
+			t.Errorf("%s %s: Keyproxy-Revocation-Acks %q, want %q", tt.method, tt.path, got, tt.want)
+		}
+	}
+}
+
 func TestListKeys_Filters(t *testing.T) {
 	e := newEnv(t)
 	a := e.create("a", "u1", "t1", "owner")

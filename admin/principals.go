@@ -50,9 +50,7 @@ func (h *Handler) putUser(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
-	if len(hashes) > 0 {
-		h.evictor.Evict(ctx, hashes)
-	}
+	h.evict(ctx, w, hashes)
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeUserUpdated, UserID: u.ID, TeamID: u.TeamID, Role: u.Role})
 	writeJSON(w, r, http.StatusOK, userJSON{ID: u.ID, TeamID: u.TeamID, Role: u.Role, Active: u.Active, UpdatedAt: u.UpdatedAt.UTC()})
 }
@@ -84,9 +82,7 @@ func (h *Handler) putTeam(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
-	if len(hashes) > 0 {
-		h.evictor.Evict(ctx, hashes)
-	}
+	h.evict(ctx, w, hashes)
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeTeamUpdated, TeamID: t.ID})
 	writeJSON(w, r, http.StatusOK, teamJSON{ID: t.ID, Active: t.Active, UpdatedAt: t.UpdatedAt.UTC()})
 }
