@@ -30,6 +30,16 @@ func durationNeedsUnit(from, to reflect.Type, data any) (any, error) {
 			return time.Duration(0), nil
 		}
 		return nil, fmt.Errorf("%v needs a unit (ns, us, ms, s, m, h), e.g. %vs", data, data)
+	case reflect.String:
+		// The environment's values are strings: KEYPROXY_AUDIT_RETENTION=2160
+		// gets the same answer as the file's retention: 2160.
+		s := strings.TrimSpace(data.(string))
+		if f, err := strconv.ParseFloat(s, 64); err == nil {
+			if f == 0 {
+				return time.Duration(0), nil
+			}
+			return nil, fmt.Errorf("%s needs a unit (ns, us, ms, s, m, h), e.g. %ss", s, s)
+		}
 	}
 	return data, nil
 }

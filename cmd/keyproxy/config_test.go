@@ -167,6 +167,7 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		// purges the whole audit trail at the next start.
 		{"duration without a unit", "audit:\n  retention: 2160\n", nil, []string{"audit.retention: 2160 needs a unit"}},
 		{"timeout without a unit", "shutdown_timeout: 5\n", nil, []string{"shutdown_timeout: 5 needs a unit"}},
+		{"duration without a unit from the environment", "", []string{"KEYPROXY_AUDIT_RETENTION=2160"}, []string{"audit.retention: 2160 needs a unit"}},
 		{"fraction for a count", "keys:\n  max_active_per_team: 10.5\n", nil, []string{"keys.max_active_per_team: 10.5 is not a whole number"}},
 		{"listen without a port", "listen: garbage\n", nil, []string{"listen: must be host:port"}},
 		{"listen port alone from the environment", "", []string{"KEYPROXY_LISTEN=18203"}, []string{"listen: must be host:port"}},
@@ -287,6 +288,9 @@ func TestLoadConfig_LenientWhereItIsUnambiguous(t *testing.T) {
 	}
 	if cfg.Log.FlushInterval != 0 || cfg.Keys.MaxActivePerTeam != 12 {
 		t.Errorf("flush_interval %s, max_active_per_team %d; want 0 and 12", cfg.Log.FlushInterval, cfg.Keys.MaxActivePerTeam)
+	}
+	if cfg := mustLoad(t, "", []string{"KEYPROXY_LOG_FLUSH_INTERVAL=0"}); cfg.Log.FlushInterval != 0 {
+		t.Errorf("KEYPROXY_LOG_FLUSH_INTERVAL=0 gave %s", cfg.Log.FlushInterval)
 	}
 	if want := []string{"tokenAAAAAAAAAAAAAAAA1", "tokenCCCCCCCCCCCCCCCC3"}; !reflect.DeepEqual(cfg.Admin.Tokens, want) {
 		t.Errorf("admin.tokens %q, want %q", cfg.Admin.Tokens, want)
