@@ -13,9 +13,13 @@
 // tokens and refills at R/P tokens per second; each admitted request takes
 // one. All three must be positive (there is no implicit burst = requests)
 // and P a whole number of seconds; Policies.Validate names every bad key.
-// The role is the user's current one, passed on every call, so a demoted
-// user's next request is counted under the new policy, from the tokens it
-// has left. Role names match case-insensitively.
+// The role is the user's current one, passed on every call, so a user's
+// next request after a role change (or a reload) is counted under the new
+// policy. What they have spent carries over as a number of requests,
+// capped at the new burst: a member who used 5 of 10 and is promoted to a
+// burst of 100 has 95 left; an admin who used 50 of 100 and is demoted to
+// a burst of 10 has used it all and waits one new interval. Role names
+// match case-insensitively.
 //
 // # Backends
 //
@@ -29,12 +33,17 @@
 //
 //	keyproxy:rl:user:<user id>
 //
-// a string holding the theoretical arrival time in integer microseconds
-// since the Unix epoch, expiring when the bucket is full again. The
-// script's arguments are the emission interval per/requests in whole
-// microseconds and the burst; any client that runs it on the same key
-// spends from the same budget. Refused requests write nothing: only
-// admitted requests consume budget.
+// a string "<tat>.<interval>": the theoretical arrival time in integer
+// microseconds since the Unix epoch and the emission interval it was
+// computed with, expiring when the bucket is full again. The interval lets
+// a policy change re-express the debt in the new interval rather than
+// judge it by the old one; a plain "<tat>", as earlier versions write it,
+// counts as computed with the current interval, and earlier versions read
+// the new value as the number it starts with, the TAT. The script's
+// arguments are the emission interval per/requests in whole microseconds
+// and the burst; any client that runs it on the same key spends from the
+// same budget. Only admitted requests consume budget: a refusal writes
+// only to store the state re-expressed after a policy change.
 //
 // The decisions waiting for Redis at the same moment share one pipelined
 // round trip (up to RedisOptions.MaxBatch): under load the proxy pays one
@@ -45,9 +54,11 @@
 // build the go-redis client with ContextTimeoutEnabled so the deadline
 // reaches the socket, and with few retries), the Redis limiter answers from
 // its fallback Local at once, sets keyproxy_ratelimit_degraded to 1 and logs
-// one line. At most once per ProbeInterval (1 s) one request tries Redis
-// again; the first success returns to Redis and logs that too. A degraded
-// replica is limited by its own buckets: never unlimited, never an error.
+// one line. Once per ProbeInterval (1 s) it tries Redis again: with the
+// next request if one comes, else with a PING from a goroutine that runs
+// only while degraded (Close stops it). The first success returns to Redis
+// and logs that too, with or without traffic. A degraded replica is
+// limited by its own buckets: never unlimited, never an error.
 //
 // # Response headers
 //

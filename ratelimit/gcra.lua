@@ -6,9 +6,26 @@
 -- ARGV[1]  emission interval in microseconds: per / requests, at least 1
 -- ARGV[2]  burst: how many requests may arrive at once
 --
--- The key holds the theoretical arrival time (TAT) as an integer count of
--- microseconds since the Unix epoch, and expires when the bucket is full
--- again. Time is the server's (TIME), never a client clock.
+-- The key holds "<tat>.<interval>": the theoretical arrival time (TAT) as
+-- an integer count of microseconds since the Unix epoch, a dot, and the
+-- emission interval the TAT was computed with, e.g.
+-- "1767225600000000.6000000". It expires when the bucket is full again.
+-- Time is the server's (TIME), never a client clock.
+--
+-- The interval is kept because the policy can change between calls (a new
+-- role, new limits): what the user has spent carries over as a number of
+-- requests, not as time. Under another interval the outstanding requests,
+-- (tat - now) / old interval, are re-expressed in the new one, and capped
+-- at the new burst: a user can at most have used the whole new budget.
+--
+-- Earlier versions of this script store the TAT alone ("1767225600000000");
+-- such a value counts as computed with the current interval. They read
+-- "<tat>.<interval>" as a number whose integer part is the TAT, so a
+-- replica or web app not yet upgraded still spends from the same budget.
+--
+-- Only admitted requests spend budget. A refusal writes only when the
+-- stored state had to be re-expressed under the current policy, and then
+-- the same budget in the new terms, so that its retry time holds.
 --
 -- Returns {allowed (0|1), remaining, retry_after_us, reset_after_us}.
 
@@ -24,18 +41,50 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local tat = now
+local rescaled = false
 local stored = redis.call("GET", KEYS[1])
 if stored then
-  tat = math.max(tonumber(stored) or now, now)
+  local stored_tat, stored_interval = string.match(stored, "^(%d+)%.(%d+)$")
+  if not stored_tat then
+    -- An earlier version's TAT alone.
+    stored_tat, stored_interval = stored, interval
+  end
+  stored_tat = tonumber(stored_tat) or now
+  stored_interval = tonumber(stored_interval)
+  if not stored_interval or stored_interval < 1 then
+    stored_interval = interval
+  end
+  local owed = stored_tat - now
+  if owed > 0 then
+    if stored_interval ~= interval then
+      -- Rounded up to the microsecond: never in the user's favour.
+      owed = math.ceil(owed * interval / stored_interval)
+      rescaled = true
+    end
+    if owed > burst * interval then
+      owed = burst * interval
+      rescaled = true
+    end
+    tat = now + owed
+  end
+end
+
+local function store(value_tat)
+  redis.call("SET", KEYS[1], string.format("%.0f.%.0f", value_tat, interval),
+    "PX", math.ceil((value_tat - now) / 1000))
 end
 
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if allow_at > now then
-  -- Refused: nothing is written, so only admitted requests spend budget.
+  -- Refused: the budget is unchanged. A rescaled TAT is stored all the
+  -- same: left in the old terms, it would run out at the old pace, and
+  -- the retry time given here would be wrong.
+  if rescaled then
+    store(tat)
+  end
   return {0, 0, allow_at - now, tat - now}
 end
 
-local reset_after = new_tat - now
-redis.call("SET", KEYS[1], string.format("%.0f", new_tat), "PX", math.ceil(reset_after / 1000))
-return {1, math.floor((now - allow_at) / interval), 0, reset_after}
+store(new_tat)
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}

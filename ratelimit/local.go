@@ -92,7 +92,8 @@ func NewLocal(p Policies, o LocalOptions) *Local {
 
 // SetPolicies replaces the policies at once, for a reload on SIGHUP.
 // Invalid policies are refused and the current ones stay in force. A
-// user's bucket keeps its tokens and changes rate on its next request.
+// user's bucket changes on its next request, keeping what the user has
+// spent (see bucket.rebase).
 func (l *Local) SetPolicies(p Policies) error {
 	t, err := compile(p)
 	if err != nil {
@@ -151,8 +152,7 @@ func (b *bucket) take(pol *policy, clock func() time.Time) Result {
 	if b.pol != pol {
 		// The user's role changed, or the policies were reloaded.
 		if b.pol.limit != pol.limit {
-			b.lim.SetLimitAt(now, pol.perSecond)
-			b.lim.SetBurstAt(now, pol.limit.Burst)
+			b.rebase(now, pol)
 		}
 		b.pol = pol
 	}
@@ -169,6 +169,26 @@ func (b *bucket) take(pol *policy, clock func() time.Time) Result {
 		res.RetryAfter = max(tokenTime(1-tokens, pol.perSecond), time.Microsecond)
 	}
 	return res
+}
+
+// rebase puts the bucket under pol at now, carrying over what the user has
+// spent, as the Redis script does: the tokens taken and not yet refilled,
+// capped at pol's burst (a user can at most have used the whole new
+// budget). rate.Limiter's SetBurst keeps the tokens left instead, which
+// would judge a promoted user as having spent most of the larger bucket
+// and hand a demoted one a full small one.
+func (b *bucket) rebase(now time.Time, pol *policy) {
+	spent := min(float64(b.pol.limit.Burst)-b.lim.TokensAt(now), float64(pol.limit.Burst))
+	lim := rate.NewLimiter(pol.perSecond, pol.limit.Burst)
+	// A rate.Limiter starts full and cannot be handed a token count: take
+	// the whole tokens spent at the moment before now from which the
+	// refill gives the fraction back by now. Its clock starts there and
+	// only moves forward.
+	if whole := math.Ceil(spent); whole > 0 {
+		early := time.Duration((whole - spent) / float64(pol.perSecond) * float64(time.Second))
+		lim.AllowN(now.Add(-early), int(whole))
+	}
+	b.lim = lim
 }
 
 // tokenTime is how long the bucket takes to gain n tokens, rounded up to

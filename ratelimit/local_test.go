@@ -170,10 +170,16 @@ func TestLocal_RoleChangeAppliesOnTheNextRequest(t *testing.T) {
 	if got := admitN(l, 10, "u1", "member"); got != 10 {
 		t.Fatalf("admitted %d, want 10", got)
 	}
-	// Promoted: the tokens left stay (none), the bucket grows and refills
-	// at the admin rate of 2 per second.
-	if r := l.Allow(context.Background(), "u1", "admin"); r.Allowed || r.Limit != adminLimit || r.RetryAfter != 500*time.Millisecond {
-		t.Fatalf("first request as admin: %+v, want refused at the admin rate (RetryAfter 500ms)", r)
+	// Promoted: the 10 spent stay spent, in the admin bucket of 20, which
+	// refills at the admin rate of 2 per second.
+	if r := l.Allow(context.Background(), "u1", "admin"); !r.Allowed || r.Limit != adminLimit || r.Remaining != 9 {
+		t.Fatalf("first request as admin: %+v, want admitted with 9 of 20 remaining", r)
+	}
+	if got := admitN(l, 9, "u1", "admin"); got != 9 {
+		t.Fatalf("admitted %d more as admin, want the 9 left", got)
+	}
+	if r := l.Allow(context.Background(), "u1", "admin"); r.Allowed || r.RetryAfter != 500*time.Millisecond {
+		t.Fatalf("past the admin burst: %+v, want refused at the admin rate (RetryAfter 500ms)", r)
 	}
 	clk.Advance(time.Minute)
 	if got := admitN(l, 30, "u1", "admin"); got != 20 {

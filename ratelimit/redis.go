@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,11 +22,12 @@ var gcraScript string
 const DefaultKeyPrefix = "keyproxy:rl:user:"
 
 // rediser is what the limiter needs of a go-redis client: the methods
-// redis.Script.Run uses, and pipelines for batching. *redis.Client,
-// *redis.ClusterClient and *redis.Ring satisfy it; the cluster and ring
-// pipelines split a batch by node themselves.
+// redis.Script.Run uses, pipelines for batching, and PING to probe.
+// *redis.Client, *redis.ClusterClient and *redis.Ring satisfy it; the
+// cluster and ring pipelines split a batch by node themselves.
 type rediser interface {
 	Pipeline() redis.Pipeliner
+	Ping(ctx context.Context) *redis.StatusCmd
 	Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
 	EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd
 	EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
@@ -53,8 +55,8 @@ type RedisOptions struct {
 	// (default DefaultMaxBatch). 1 turns batching off: each decision makes
 	// its own round trip from the caller's goroutine.
 	MaxBatch int
-	// ProbeInterval is how often, at most, a degraded limiter tries Redis
-	// again (default 1s).
+	// ProbeInterval is how often a degraded limiter tries Redis again
+	// (default 1s): with a request when one comes, else with a PING.
 	ProbeInterval time.Duration
 	// Logger receives one line when the limiter degrades and one when it
 	// recovers; nil logs nothing.
@@ -67,8 +69,8 @@ type RedisOptions struct {
 // in a Lua script. The decisions waiting at the same moment share one
 // pipelined round trip; a lone one is sent at once. When Redis fails or
 // times out it answers from its fallback Local at once, and tries Redis
-// again at most once per ProbeInterval. It is safe for concurrent use.
-// Close it to stop its batching goroutine.
+// again once per ProbeInterval, with or without traffic. It is safe for
+// concurrent use. Close it to stop its goroutines.
 type Redis struct {
 	rdb       rediser
 	script    *redis.Script
@@ -81,6 +83,14 @@ type Redis struct {
 	policies  atomic.Pointer[table]
 	degraded  atomic.Bool
 	nextProbe atomic.Int64 // unix nanoseconds
+
+	// mu guards starting the prober: it runs only while degraded, at most
+	// one at a time, and never once closed.
+	mu      sync.Mutex
+	prober  bool // a prober goroutine is running
+	closed  bool
+	stop    chan struct{} // closed by Close
+	probers sync.WaitGroup
 
 	decisions   decisionCounters
 	degradedG   prometheus.Gauge
@@ -119,6 +129,7 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 		probe:     o.ProbeInterval,
 		log:       o.Logger,
 		fallback:  fallback,
+		stop:      make(chan struct{}),
 		decisions: newDecisionCounters(o.Registerer, "redis"),
 		degradedG: register(o.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keyproxy_ratelimit_degraded",
@@ -138,9 +149,18 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 }
 
 // Close stops the goroutine that batches Redis calls, once the calls
-// already waiting have their answers. The limiter still works afterwards,
-// one round trip per decision. Close may be called more than once.
+// already waiting have their answers, and the one that probes Redis while
+// degraded. The limiter still works afterwards, one round trip per
+// decision, and returns from its fallback only on a request's probe.
+// Close may be called more than once.
 func (r *Redis) Close() {
+	r.mu.Lock()
+	if !r.closed {
+		r.closed = true
+		close(r.stop)
+	}
+	r.mu.Unlock()
+	r.probers.Wait()
 	if r.batch != nil {
 		r.batch.close()
 	}
@@ -236,7 +256,8 @@ func parseReply(reply any, pol *policy) (Result, error) {
 	}, nil
 }
 
-// probeDue lets one caller per ProbeInterval try Redis while degraded.
+// probeDue lets one caller per ProbeInterval try Redis while degraded: a
+// request or the prober, whichever comes first.
 func (r *Redis) probeDue() bool {
 	now := time.Now().UnixNano()
 	next := r.nextProbe.Load()
@@ -255,6 +276,7 @@ func (r *Redis) degrade(err error) {
 	r.degradedG.Set(1)
 	r.log.Warn("rate limiting falls back to the local limiter: redis unavailable",
 		zap.Error(err), zap.Duration("probe_interval", r.probe))
+	r.startProber()
 }
 
 func (r *Redis) restore() {
@@ -263,4 +285,62 @@ func (r *Redis) restore() {
 	}
 	r.degradedG.Set(0)
 	r.log.Info("rate limiting is back on redis")
+}
+
+// startProber starts the goroutine that probes Redis while degraded: the
+// probes of requests alone would leave a replica without traffic degraded
+// for good, and its alert firing.
+func (r *Redis) startProber() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.prober || r.closed {
+		return
+	}
+	r.prober = true
+	r.probers.Add(1)
+	go r.probeLoop()
+}
+
+// probeLoop PINGs Redis at each probe time no request has taken, until the
+// limiter is healthy again or closed. A PING, not the script: a probe must
+// not spend anyone's budget.
+func (r *Redis) probeLoop() {
+	defer r.probers.Done()
+	timer := time.NewTimer(r.probe)
+	defer timer.Stop()
+	for r.stillDegraded() {
+		timer.Reset(time.Until(time.Unix(0, r.nextProbe.Load())))
+		select {
+		case <-r.stop:
+			r.mu.Lock()
+			r.prober = false
+			r.mu.Unlock()
+			return
+		case <-timer.C:
+		}
+		if !r.degraded.Load() || !r.probeDue() {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		err := r.rdb.Ping(ctx).Err()
+		cancel()
+		if err != nil {
+			r.redisErrors.Inc()
+			continue
+		}
+		r.restore()
+	}
+}
+
+// stillDegraded reports whether the prober must go on, and when it must
+// not, marks it stopped in the same step: a degrade that races with its
+// exit then starts a new one.
+func (r *Redis) stillDegraded() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.degraded.Load() {
+		return true
+	}
+	r.prober = false
+	return false
 }
