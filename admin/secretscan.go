@@ -140,10 +140,14 @@ func (s *secretScanner) verify(hdr http.Header, body []byte) (keyID string, ok b
 	return ids[0], ecdsa.VerifyASN1(pub, digest[:], sig)
 }
 
-// reportedToken is one match of a report; token is the leaked string.
+// reportedToken is one match of a report; token is the leaked string, url
+// where GitHub found it.
 type reportedToken struct {
-	Token, Type string
+	Token, Type, URL string
 }
+
+// maxReportURL bounds the url a log line repeats.
+const maxReportURL = 512
 
 // tokenVerdict is one entry of the answer GitHub expects.
 type tokenVerdict struct {
@@ -176,12 +180,14 @@ func parseReport(body []byte) ([]reportedToken, error) {
 		if err != nil {
 			return nil, err
 		}
-		for _, f := range []string{"url", "source"} {
-			if _, _, err := o.str(f); err != nil {
-				return nil, err
-			}
+		u, _, err := o.str("url")
+		if err != nil {
+			return nil, err
 		}
-		out = append(out, reportedToken{Token: tok, Type: typ})
+		if _, _, err := o.str("source"); err != nil {
+			return nil, err
+		}
+		out = append(out, reportedToken{Token: tok, Type: typ, URL: u})
 	}
 	return out, nil
 }
@@ -242,7 +248,7 @@ func (h *Handler) revokeLeaked(ctx context.Context, r *http.Request, tokens []re
 			if !dup {
 				var found bool
 				var err error
-				if label, found, err = h.revokeOne(ctx, r, hash); err != nil {
+				if label, found, err = h.revokeOne(ctx, r, hash, t.URL); err != nil {
 					return nil, hashes, err
 				}
 				if found {
@@ -258,7 +264,10 @@ func (h *Handler) revokeLeaked(ctx context.Context, r *http.Request, tokens []re
 	return verdicts, hashes, nil
 }
 
-func (h *Handler) revokeOne(ctx context.Context, r *http.Request, hash keystore.Hash) (label string, found bool, err error) {
+// revokeOne revokes one reported key if it is live. Both a revocation and a
+// report of a key revoked before are logged with where GitHub found it: the
+// team will want to remove it from there either way.
+func (h *Handler) revokeOne(ctx context.Context, r *http.Request, hash keystore.Hash, foundAt string) (label string, found bool, err error) {
 	id, err := h.scanner.lookup.Resolve(ctx, hash)
 	switch {
 	case errors.Is(err, keystore.ErrNotFound):
@@ -266,7 +275,10 @@ func (h *Handler) revokeOne(ctx context.Context, r *http.Request, hash keystore.
 	case err != nil:
 		return "", false, fmt.Errorf("secret scanning: looking up a reported key: %w", err)
 	}
+	where := zap.String("url", truncate(h.redact.Redact(foundAt), maxReportURL))
 	if id.Revoked {
+		h.log.Warn("revoked API key reported again by GitHub secret scanning",
+			zap.String("key_id", id.KeyID), zap.String("team_id", id.TeamID), zap.String("user_id", id.UserID), where)
 		return LabelTruePositive, true, nil
 	}
 	at := h.now()
@@ -281,7 +293,7 @@ func (h *Handler) revokeOne(ctx context.Context, r *http.Request, hash keystore.
 		h.metrics.keysRevoked.Inc()
 	}
 	h.log.Warn("leaked API key revoked on a GitHub secret-scanning report",
-		zap.String("key_id", k.ID), zap.String("team_id", k.TeamID), zap.String("user_id", k.UserID))
+		zap.String("key_id", k.ID), zap.String("team_id", k.TeamID), zap.String("user_id", k.UserID), where)
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID,
 		Role: k.Role, Actor: SecretScanningActor, Outcome: OutcomeLeaked})
 	return LabelTruePositive, true, nil

@@ -220,6 +220,13 @@ func TestSecretScanning_RevokesLiveKeysAndLabelsEveryToken(t *testing.T) {
 	if n := len(s.events.all()); n != 3 { // two creates, one revocation
 		t.Errorf("%d audit events, want 3", n)
 	}
+	// Both reports are logged with where GitHub found the key.
+	for _, msg := range []string{"leaked API key revoked on a GitHub secret-scanning report", "revoked API key reported again by GitHub secret scanning"} {
+		lines := s.logs.FilterMessage(msg).All()
+		if len(lines) != 1 || lines[0].ContextMap()["url"] != "https://github.com/o/r/blob/abc/config.yml" || lines[0].ContextMap()["key_id"] != live.ID {
+			t.Errorf("%q logged %d times, want once with the key id and the url: %v", msg, len(lines), lines)
+		}
+	}
 }
 
 func TestSecretScanning_RefusesUnsignedOrMissignedReports(t *testing.T) {
