@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -24,10 +25,21 @@ func storeKeys(tb testing.TB) int {
 	return n
 }
 
+// missRounds is how many rounds BenchmarkResolveMiss alternates the two
+// stores in. A VM's speed drifts within minutes: measured one after the
+// other, the 1 k and 1 M figures of one run differed by more than the
+// target's margin from another run's (1.14× then 1.67× for SQLite on one
+// VM within an hour). Alternated, both see the same drift.
+const missRounds = 10
+
 // BenchmarkResolveMiss resolves keys that are in the store but not in the
-// Resolver's cache (each is evicted just before), first with 1 k keys in
-// the store, then with STORE_KEYS. Keys are drawn at random from the whole
-// store so the lookups do not share hot pages. PostgreSQL runs when
+// Resolver's cache (each is evicted just before), in a store of 1 k keys
+// and one of STORE_KEYS, alternating between them round by round (A B B A
+// …, so neither always goes first) with b.N lookups on each side. It
+// reports each side's median ns per lookup over the rounds and the median
+// of the rounds' ratios; ns/op, B/op and allocs/op are those of one
+// lookup on each side together. Keys are drawn at random from the whole store so
+// the lookups do not share hot pages. PostgreSQL runs when
 // KEYPROXY_TEST_POSTGRES_DSN names a server.
 func BenchmarkResolveMiss(b *testing.B) {
 	large := storeKeys(b)
@@ -36,46 +48,89 @@ func BenchmarkResolveMiss(b *testing.B) {
 		opens = append(opens, openPostgres)
 	}
 	for _, open := range opens {
-		ts := open(b)
-		b.Run(ts.name, func(b *testing.B) {
-			ctx := context.Background()
-			filled := 0
-			for _, n := range []int{1000, large} {
-				start := time.Now()
-				if err := ts.fill(ctx, filled, n); err != nil {
-					b.Fatal(err)
-				}
-				if n-filled > 100_000 {
-					b.Logf("%s: filled %d keys in %s", ts.name, n-filled, time.Since(start).Round(time.Millisecond))
-				}
-				filled = n
-				b.Run(keyCount(n), func(b *testing.B) { benchMiss(b, ts.store, n) })
+		small, big := open(b), open(b)
+		ctx := context.Background()
+		for _, s := range []struct {
+			ts testStore
+			n  int
+		}{{small, 1000}, {big, large}} {
+			start := time.Now()
+			if err := s.ts.fill(ctx, 0, s.n); err != nil {
+				b.Fatal(err)
 			}
+			if s.n > 100_000 {
+				b.Logf("%s: filled %d keys in %s", s.ts.name, s.n, time.Since(start).Round(time.Millisecond))
+			}
+		}
+		b.Run(small.name+"/1k-vs-"+keyCount(large), func(b *testing.B) {
+			sides := []*missSide{newMissSide(b, small.store, 1000), newMissSide(b, big.store, large)}
+			per := max(1, b.N/missRounds)
+			var ratios []float64
+			b.ReportAllocs()
+			b.ResetTimer()
+			for round := range missRounds {
+				order := sides
+				if round%2 == 1 {
+					order = []*missSide{sides[1], sides[0]}
+				}
+				for _, s := range order {
+					s.run(b, per)
+				}
+				ratios = append(ratios, sides[1].last/sides[0].last)
+			}
+			b.StopTimer()
+			b.ReportMetric(median(sides[0].rounds), "ns/miss-1k")
+			b.ReportMetric(median(sides[1].rounds), "ns/miss-"+keyCount(large))
+			b.ReportMetric(median(ratios), "ratio")
 		})
 	}
 }
 
-func benchMiss(b *testing.B, store keystore.Store, n int) {
+// missSide is one store's Resolver and its random draw of keys.
+type missSide struct {
+	r      *keystore.Resolver
+	hashes []keystore.Hash
+	next   int
+	last   float64   // ns per lookup in the latest round
+	rounds []float64 // every round's
+}
+
+func newMissSide(b *testing.B, store keystore.Store, n int) *missSide {
 	r, err := keystore.NewResolver(store, keystore.ResolverOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer r.Close()
-	ctx := context.Background()
+	b.Cleanup(r.Close)
 	rng := rand.New(rand.NewPCG(uint64(n), 7))
 	hashes := make([]keystore.Hash, min(b.N, 1<<20))
 	for i := range hashes {
 		hashes[i] = Hash(rng.IntN(n))
 	}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := range b.N {
-		h := hashes[i%len(hashes)]
-		r.Invalidate(h)
-		if _, err := r.Resolve(ctx, h); err != nil {
+	return &missSide{r: r, hashes: hashes}
+}
+
+func (s *missSide) run(b *testing.B, lookups int) {
+	ctx := context.Background()
+	start := time.Now()
+	for range lookups {
+		h := s.hashes[s.next%len(s.hashes)]
+		s.next++
+		s.r.Invalidate(h)
+		if _, err := s.r.Resolve(ctx, h); err != nil {
 			b.Fatal(err)
 		}
 	}
+	s.last = float64(time.Since(start).Nanoseconds()) / float64(lookups)
+	s.rounds = append(s.rounds, s.last)
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if n := len(s); n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func keyCount(n int) string {
