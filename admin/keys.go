@@ -230,10 +230,13 @@ func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
 	// Evict even when the key was already revoked: it is idempotent and
 	// heals a replica that missed the first eviction.
 	h.evict(ctx, w, []keystore.Hash{k.Hash})
+	ev := audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role}
 	if revokedNow(k, at) {
 		h.metrics.keysRevoked.Inc()
+	} else {
+		ev.Outcome = audit.OutcomeAlreadyRevoked
 	}
-	h.record(r, http.StatusNoContent, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
+	h.record(r, http.StatusNoContent, ev)
 	w.WriteHeader(http.StatusNoContent)
 }
 

@@ -25,6 +25,10 @@ const (
 	OutcomeInactiveTeam  = "subscription_inactive"
 	OutcomeUnavailable   = "auth_unavailable"
 	OutcomeSuccess       = "success" // admin actions
+	// OutcomeAlreadyRevoked is a DELETE of a key that was revoked before:
+	// 204 like the first, recorded, but not counted as a revocation by
+	// whoever counts outcome success.
+	OutcomeAlreadyRevoked = "already_revoked"
 )
 
 // Event is the one shape every sink writes and the query API returns.
