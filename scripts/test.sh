@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs keyproxy's whole test suite on a fresh Debian machine with Go:
-# installs redis-server, PostgreSQL and promtool when missing, starts a private
-# PostgreSQL cluster for the run (unless KEYPROXY_TEST_POSTGRES_DSN names
-# one), then runs `go test -race ./...` and a short pass of every fuzz target.
+# installs redis-server, PostgreSQL, promtool and a C compiler (the race
+# detector's cgo) when missing, starts a private PostgreSQL cluster for the
+# run (unless KEYPROXY_TEST_POSTGRES_DSN names one), then runs
+# `go test -race ./...` and a short pass of every fuzz target.
 # The tests start their own redis-server processes on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,10 @@ fi
 # promtool (in Debian's prometheus package) lints the deploy kit and a live
 # scrape; the tests fail without it.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# The race detector needs cgo, and go turns cgo off when it finds no C
+# compiler: a Debian system installed without one gets "-race requires cgo".
+cc="$(go env CC)"
+command -v "${cc%% *}" >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 prometheus_pids() {
 	local d
 	for d in /proc/[0-9]*; do
@@ -94,6 +99,7 @@ if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" ]]; then
 	echo "test.sh: private PostgreSQL on 127.0.0.1:$pg_port"
 fi
 
+export CGO_ENABLED=1
 go vet ./...
 go test -race -count=1 -timeout 12m ./...
 
