@@ -69,7 +69,9 @@ type RedisOptions struct {
 // in a Lua script. The decisions waiting at the same moment share one
 // pipelined round trip; a lone one is sent at once. When Redis fails or
 // times out it answers from its fallback Local at once, and tries Redis
-// again once per ProbeInterval, with or without traffic. It is safe for
+// again once per ProbeInterval, with or without traffic. Each decision
+// Redis makes is copied into the fallback's bucket for that user, so a
+// fallback goes on from the shared state. It is safe for
 // concurrent use. Close it to stop its goroutines.
 type Redis struct {
 	rdb       rediser
@@ -198,6 +200,7 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	}
 	r.restore()
 	r.decisions.count(res.Allowed)
+	r.fallback.follow(userID, res)
 	return res
 }
 

@@ -251,13 +251,12 @@ func TestRedis_FallsBackWhenRedisDiesAndReturnsWhenItIsBack(t *testing.T) {
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("first call with Redis dead took %s; the fallback must answer at once", took)
 	}
-	// The local bucket knows nothing of the Redis one: a fresh burst, but
-	// a burst, never unlimited.
-	if !r.Allowed || r.Limit != slowMember || !f.limiter.Degraded() {
-		t.Fatalf("with Redis dead: %+v degraded=%v, want a local decision and Degraded", r, f.limiter.Degraded())
+	// The local bucket goes on from what Redis last said: 3 of 10 spent.
+	if !r.Allowed || r.Limit != slowMember || r.Remaining != 6 || !f.limiter.Degraded() {
+		t.Fatalf("with Redis dead: %+v degraded=%v, want a local decision with 6 remaining and Degraded", r, f.limiter.Degraded())
 	}
-	if got := admitN(f.limiter, 100, "u1", "member"); got != 9 {
-		t.Fatalf("degraded limiter admitted %d more, want the rest of the local burst (9)", got)
+	if got := admitN(f.limiter, 100, "u1", "member"); got != 6 {
+		t.Fatalf("degraded limiter admitted %d more, want the rest of the shared burst (6)", got)
 	}
 	if v := testutil.ToFloat64(f.limiter.degradedG); v != 1 {
 		t.Fatalf("keyproxy_ratelimit_degraded = %v, want 1", v)
@@ -303,6 +302,44 @@ func TestRedis_FallsBackWhenRedisDiesAndReturnsWhenItIsBack(t *testing.T) {
 				t.Errorf("log line %q names a user: %v", e.Message, field)
 			}
 		}
+	}
+}
+
+// TestRedis_FallbackGoesOnFromTheSharedBudget: each replica's fallback
+// starts from the shared state its last decision saw, not from a full
+// bucket of its own, so an outage (or one slow call) does not hand every
+// user a whole extra burst on every replica.
+func TestRedis_FallbackGoesOnFromTheSharedBudget(t *testing.T) {
+	server := testserver.StartRedis(t)
+	o := RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour}
+	a := newRedisFixtureWith(t, slowPolicies(), server, o)
+	b := newRedisFixtureWith(t, slowPolicies(), server, o)
+	// Requests 1, 3, 5 and 7 on a, 2, 4, 6 and 8 on b: a last saw 3 of 10
+	// left, b 2. And an admin's bucket, under another policy.
+	for i := range 8 {
+		if r := []*Redis{a.limiter, b.limiter}[i%2].Allow(context.Background(), "u1", "member"); !r.Allowed {
+			t.Fatalf("request %d refused with Redis up: %+v", i+1, r)
+		}
+	}
+	if got := admitN(a.limiter, 5, "u2", "admin"); got != 5 {
+		t.Fatalf("admin admitted %d of 5 with Redis up", got)
+	}
+	server.Kill()
+	for _, tt := range []struct {
+		name       string
+		f          *redisFixture
+		user, role string
+		want       int
+	}{{"a member", a, "u1", "member", 3}, {"b member", b, "u1", "member", 2}, {"a admin", a, "u2", "admin", 15}} {
+		if got := admitN(tt.f.limiter, 100, tt.user, tt.role); got != tt.want || !tt.f.limiter.Degraded() {
+			t.Errorf("%s: the fallback admitted %d (degraded %v), want %d: what was left when Redis last answered",
+				tt.name, got, tt.f.limiter.Degraded(), tt.want)
+		}
+	}
+	// A user this replica never decided for has nothing to go on: the
+	// fallback's own full bucket.
+	if got := admitN(b.limiter, 100, "u2", "admin"); got != 20 {
+		t.Errorf("b, admin it never saw: the fallback admitted %d, want a full burst of 20", got)
 	}
 }
 
