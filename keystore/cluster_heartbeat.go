@@ -61,13 +61,13 @@ func (c *Cluster) beat(ctx context.Context) {
 	}
 	if err != nil {
 		if c.redisUp.Swap(false) {
-			c.log.Warn("redis unreachable: evictions reach other replicas within cache.ttl only", zap.Error(err))
+			c.log.Warn("redis not answering (down, or slower than redis.timeout): evictions reach other replicas within cache.ttl only", zap.Error(err))
 		}
 		c.metrics.redisUp.Set(0)
 		return
 	}
 	if !c.redisUp.Swap(true) {
-		c.log.Info("redis reachable")
+		c.log.Info("redis answering again")
 	}
 	c.metrics.redisUp.Set(1)
 	if c.rc != nil {

@@ -277,7 +277,7 @@ func (r *Redis) degrade(err error) {
 		return
 	}
 	r.degradedG.Set(1)
-	r.log.Warn("rate limiting falls back to the local limiter: redis unavailable",
+	r.log.Warn("rate limiting falls back to the local limiter: redis failed or timed out",
 		zap.Error(err), zap.Duration("probe_interval", r.probe))
 	r.startProber()
 }
