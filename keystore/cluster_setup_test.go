@@ -149,6 +149,15 @@ func startReplica(t testing.TB, addr string, store keystore.Backend, o replicaOp
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.cl.Close() })
+	// Start waits for the first subscription attempt only that long: on a
+	// loaded machine it can time out, and the replica then listens and
+	// registers a heartbeat later. The tests count replicas from the start.
+	for !r.cl.Healthy() || rdb.ZScore(ctx, keystore.DefaultReplicasKey, r.cl.ReplicaID()).Err() != nil {
+		if ctx.Err() != nil {
+			t.Fatalf("replica %s not subscribed and registered within 5s", r.cl.ReplicaID())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return r
 }
 
