@@ -41,19 +41,33 @@ func (f *clientFlags) client() (*adminClient, error) {
 	return newAdminClient(f.adminURL, f.environ["KEYPROXY_ADMIN_TOKEN"], f.tokenFile, f.actor, f.tls)
 }
 
-// keyView is a key as the admin API returns it.
+// keyView is a key as the admin API returns it, every field present as
+// there, so that --json prints what the API sends (null included).
 type keyView struct {
 	ID         string  `json:"id"`
-	Key        string  `json:"key,omitempty"`
 	Name       string  `json:"name"`
 	Start      string  `json:"start"`
 	UserID     string  `json:"user_id"`
 	TeamID     string  `json:"team_id"`
 	Role       string  `json:"role"`
 	CreatedAt  string  `json:"created_at"`
-	LastUsedAt *string `json:"last_used_at,omitempty"`
+	LastUsedAt *string `json:"last_used_at"`
 	ExpiresAt  *string `json:"expires_at"`
-	RevokedAt  *string `json:"revoked_at,omitempty"`
+	RevokedAt  *string `json:"revoked_at"`
+}
+
+// createdKeyView is the create response: the key, and no use or
+// revocation yet.
+type createdKeyView struct {
+	ID        string  `json:"id"`
+	Key       string  `json:"key"`
+	Name      string  `json:"name"`
+	Start     string  `json:"start"`
+	UserID    string  `json:"user_id"`
+	TeamID    string  `json:"team_id"`
+	Role      string  `json:"role"`
+	CreatedAt string  `json:"created_at"`
+	ExpiresAt *string `json:"expires_at"`
 }
 
 func orDash(s *string) string {
@@ -97,7 +111,7 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 			if c.expires != "" {
 				body["expires_at"] = c.expires
 			}
-			var k keyView
+			var k createdKeyView
 			if _, err := cl.do(cmd.Context(), http.MethodPost, "/admin/v1/keys", nil, body, &k); err != nil {
 				return err
 			}
