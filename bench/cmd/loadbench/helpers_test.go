@@ -187,3 +187,38 @@ func TestPrintTargets_P99VerdictNeedsAQuietControl(t *testing.T) {
 		})
 	}
 }
+
+// A throughput verdict needs the ratio farther from its target than the
+// control (bare again) strayed from bare.
+func TestPrintTargets_ThroughputVerdictNeedsTheControlCloser(t *testing.T) {
+	thr := func(r float64) []measurement { return []measurement{{ratio: r}} }
+	near := &target{name: "near", thr: thr(0.814)}
+	far := &target{name: "far", thr: thr(1.300)}
+	low := &target{name: "low", thr: thr(0.500)}
+	for _, tt := range []struct {
+		name    string
+		control float64
+		want    []string
+	}{
+		{"quiet control", 0.98, []string{
+			"near              throughput 0.814 of bare (target ≥ 0.90): MISSED;",
+			"far               throughput 1.300 of bare (target ≥ 0.90): met;",
+		}},
+		{"control 0.725 of bare", 0.725, []string{
+			"near              throughput 0.814 of bare (target ≥ 0.90): UNDECIDED, within the control's distance from bare (0.275);",
+			"far               throughput 1.300 of bare (target ≥ 0.90): met;",
+			"low               throughput 0.500 of bare (target ≥ 0.90): MISSED;",
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ts := []*target{{name: "bare"}, near, far, low, {name: "bare-again", control: true, thr: thr(tt.control)}}
+			var out strings.Builder
+			printTargets(&out, ts)
+			for _, w := range tt.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
