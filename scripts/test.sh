@@ -18,35 +18,36 @@ find_pg_bin
 if [[ -z "${KEYPROXY_TEST_POSTGRES_DSN:-}" && ( -z "$pg_bin" || ! -x "$pg_bin/initdb" ) ]]; then
 	need_apt+=(postgresql)
 fi
-# promtool (in Debian's prometheus package) lints the deploy kit and a live
-# scrape; the tests fail without it.
-command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# promtool lints the deploy kit and a live scrape; the tests fail without
+# it. It comes in Debian's prometheus package, whose install would also
+# start a Prometheus server on :9090 (keyproxy's admin port) at every boot:
+# the package is unpacked into a cache directory instead, and only its
+# promtool put on PATH.
+tools="${XDG_CACHE_HOME:-$HOME/.cache}/keyproxy-test"
+[[ -x "$tools/root/usr/bin/promtool" ]] && export PATH="$tools/root/usr/bin:$PATH"
+need_promtool=
+command -v promtool >/dev/null 2>&1 || need_promtool=1
 # The race detector needs cgo, and go turns cgo off when it finds no C
 # compiler: a Debian system installed without one gets "-race requires cgo".
 cc="$(go env CC)"
 command -v "${cc%% *}" >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
-prometheus_pids() {
-	local d
-	for d in /proc/[0-9]*; do
-		[[ "$(cat "$d/comm" 2>/dev/null)" == prometheus ]] && echo "${d#/proc/}"
-	done
-	return 0
-}
+if ((${#need_apt[@]})) || [[ -n "$need_promtool" ]]; then
+	if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+	$SUDO apt-get update -qq
+fi
 if ((${#need_apt[@]})); then
 	echo "test.sh: installing ${need_apt[*]}"
-	if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
-	prometheus_before=" $(prometheus_pids | tr '\n' ' ') "
-	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 	find_pg_bin
-	# The package's post-install may start a Prometheus server; the tests
-	# need only promtool. Stop a server the install started, by its PID.
-	for pid in $(prometheus_pids); do
-		if [[ "$prometheus_before" != *" $pid "* ]]; then
-			echo "test.sh: stopping the prometheus server (pid $pid) the package install started"
-			$SUDO kill "$pid" 2>/dev/null || true
-		fi
-	done
+fi
+if [[ -n "$need_promtool" ]]; then
+	echo "test.sh: unpacking promtool from Debian's prometheus package into $tools"
+	rm -rf "$tools" && mkdir -p "$tools"
+	# apt-get download as root warns that its sandbox user cannot write
+	# here, then downloads all the same.
+	(cd "$tools" && apt-get download -qq prometheus >/dev/null 2>&1; dpkg -x prometheus_*.deb root && rm -f prometheus_*.deb)
+	export PATH="$tools/root/usr/bin:$PATH"
+	command -v promtool >/dev/null || { echo "test.sh: could not unpack promtool" >&2; exit 1; }
 fi
 
 pg_dir=""
