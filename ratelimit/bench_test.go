@@ -45,6 +45,19 @@ func BenchmarkLocalAllow(b *testing.B) {
 	})
 }
 
+// BenchmarkLocalFollow is what each Redis decision adds to keep the
+// fallback's bucket a copy of the shared one.
+func BenchmarkLocalFollow(b *testing.B) {
+	l := NewLocal(benchPolicies, LocalOptions{})
+	defer l.Close()
+	res := l.Allow(context.Background(), "usr_1", "member")
+	res.ResetAfter = 3 * time.Microsecond
+	b.ReportAllocs()
+	for b.Loop() {
+		l.follow("usr_1", res)
+	}
+}
+
 // BenchmarkRedisAllow compares one round trip per decision with batching.
 // Run it with -cpu 1, as a proxy pinned to one core: cpu-ns/op is then the
 // process's CPU time per decision (redis-server's excluded), which ns/op,
