@@ -26,7 +26,7 @@ func promtool(t *testing.T) string {
 	t.Helper()
 	p, err := exec.LookPath("promtool")
 	if err != nil {
-		t.Fatalf("promtool not found on PATH: install Debian's prometheus package (scripts/test.sh does): %v", err)
+		t.Fatalf("promtool not found on PATH: scripts/test.sh unpacks it from Debian's prometheus package: %v", err)
 	}
 	return p
 }
