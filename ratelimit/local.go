@@ -213,16 +213,30 @@ func (b *bucket) set(now time.Time, pol *policy, spent float64) {
 	b.lim = lim
 }
 
-// follow makes the bucket a copy of a shared bucket under pol that is
-// full again after resetAfter. A new limiter each time: rate.Limiter
-// takes only whole tokens, and trimming by whole ones left the copy up to
-// a token more lenient, or stricter, than the shared bucket. On Redis a
-// decision already costs a round trip; this adds one small allocation.
+// follow brings the bucket within half a token of a shared bucket under
+// pol that is full again after resetAfter. While Redis answers, each
+// decision leaves the copy about one whole token above the shared bucket,
+// which taking tokens corrects without a new limiter; only a copy below
+// the shared bucket (after a fallback spent from it) or a new policy needs
+// one.
 func (b *bucket) follow(pol *policy, resetAfter time.Duration, clock func() time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pol = pol
-	b.set(clock(), pol, min(resetAfter.Seconds()*float64(pol.perSecond), float64(pol.limit.Burst)))
+	now := clock()
+	spent := min(resetAfter.Seconds()*float64(pol.perSecond), float64(pol.limit.Burst))
+	if b.pol != pol {
+		b.pol = pol
+		b.set(now, pol, spent)
+		return
+	}
+	switch extra := b.lim.TokensAt(now) - (float64(pol.limit.Burst) - spent); {
+	case extra >= 0.5:
+		// Refused (and left as it is) when fewer than that many tokens
+		// are left: then the copy is less than a token above.
+		b.lim.AllowN(now, int(math.Round(extra)))
+	case extra <= -0.5:
+		b.set(now, pol, spent)
+	}
 }
 
 // tokenTime is how long the bucket takes to gain n tokens, rounded up to
