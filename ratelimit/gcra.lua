@@ -5,6 +5,10 @@
 -- KEYS[1]  keyproxy:rl:user:<user id>
 -- ARGV[1]  emission interval in microseconds: per / requests, at least 1
 -- ARGV[2]  burst: how many requests may arrive at once
+-- ARGV[3]  optional, default 0: microseconds of budget to charge before
+--          deciding, for requests admitted where this script could not
+--          run (a keyproxy replica's local fallback while Redis was out of
+--          reach), less what has refilled since they were admitted
 --
 -- The key holds "<tat>.<interval>": the theoretical arrival time (TAT) as
 -- an integer count of microseconds since the Unix epoch, a dot, and the
@@ -23,9 +27,11 @@
 -- "<tat>.<interval>" as a number whose integer part is the TAT, so a
 -- replica or web app not yet upgraded still spends from the same budget.
 --
--- Only admitted requests spend budget. A refusal writes only when the
--- stored state had to be re-expressed under the current policy, and then
--- the same budget in the new terms, so that its retry time holds.
+-- Only admitted requests spend budget, here or (ARGV[3]) elsewhere. The
+-- charge is capped like a rescaled TAT: at most the whole burst spent. A
+-- refusal writes only when the stored state had to be re-expressed under
+-- the current policy or a charge was added, and then only that, so that
+-- its retry time holds.
 --
 -- Returns {allowed (0|1), remaining, retry_after_us, reset_after_us}.
 
@@ -36,12 +42,13 @@ end
 
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local charge = tonumber(ARGV[3]) or 0
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local tat = now
-local rescaled = false
+local changed = false
 local stored = redis.call("GET", KEYS[1])
 if stored then
   local stored_tat, stored_interval = string.match(stored, "^(%d+)%.(%d+)$")
@@ -59,14 +66,19 @@ if stored then
     if stored_interval ~= interval then
       -- Rounded up to the microsecond: never in the user's favour.
       owed = math.ceil(owed * interval / stored_interval)
-      rescaled = true
+      changed = true
     end
     if owed > burst * interval then
       owed = burst * interval
-      rescaled = true
+      changed = true
     end
     tat = now + owed
   end
+end
+
+if charge > 0 then
+  tat = math.min(tat + math.floor(charge), now + burst * interval)
+  changed = true
 end
 
 local function store(value_tat)
@@ -77,10 +89,10 @@ end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if allow_at > now then
-  -- Refused: the budget is unchanged. A rescaled TAT is stored all the
-  -- same: left in the old terms, it would run out at the old pace, and
-  -- the retry time given here would be wrong.
-  if rescaled then
+  -- Refused: this request spends nothing. A rescaled TAT is stored all
+  -- the same: left in the old terms, it would run out at the old pace, and
+  -- the retry time given here would be wrong. So is a charge.
+  if changed then
     store(tat)
   end
   return {0, 0, allow_at - now, tat - now}

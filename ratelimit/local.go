@@ -111,14 +111,25 @@ func (l *Local) setTable(t *table) {
 // Allow decides one request of userID, whose current role is role, and
 // takes a token if it is admitted. ctx is unused: the decision needs no I/O.
 func (l *Local) Allow(_ context.Context, userID, role string) Result {
+	return l.allow(userID, role, false)
+}
+
+// allow decides from userID's bucket. With owe, as the Redis limiter's
+// fallback, an admitted request is also recorded as owed to the shared
+// budget (see bucket.owedUntil).
+func (l *Local) allow(userID, role string, owe bool) Result {
 	pol := l.policies.Load().forRole(role)
+	res := l.bucket(userID, pol).take(pol, l.now, owe)
+	l.decisions.count(res.Allowed)
+	return res
+}
+
+func (l *Local) bucket(userID string, pol *policy) *bucket {
 	b, ok := l.buckets.GetIfPresent(userID)
 	if !ok {
 		b, _ = l.buckets.SetIfAbsent(userID, newBucket(pol))
 	}
-	res := b.take(pol, l.now)
-	l.decisions.count(res.Allowed)
-	return res
+	return b
 }
 
 // follow sets userID's bucket to the state a shared decision reported, so
@@ -127,15 +138,9 @@ func (l *Local) Allow(_ context.Context, userID, role string) Result {
 // fallback then handed every user a whole extra burst on each replica
 // (13% over the policy in a minute with two one-second fallbacks).
 func (l *Local) follow(userID string, res Result) {
-	pol := res.pol
-	if pol == nil {
-		return
+	if res.pol != nil {
+		l.bucket(userID, res.pol).follow(res.pol, res.ResetAfter, l.now)
 	}
-	b, ok := l.buckets.GetIfPresent(userID)
-	if !ok {
-		b, _ = l.buckets.SetIfAbsent(userID, newBucket(pol))
-	}
-	b.follow(pol, res.ResetAfter, l.now)
 }
 
 // Close stops the goroutines that expire idle buckets. The limiter still
@@ -154,13 +159,22 @@ type bucket struct {
 	mu  sync.Mutex
 	pol *policy
 	lim *rate.Limiter
+	// owedUntil is what the requests this bucket admitted as the Redis
+	// limiter's fallback still owe the shared budget, which never saw
+	// them: the theoretical arrival time of those requests alone, in the
+	// Local clock's Unix nanoseconds, 0 when nothing is owed. Charged to
+	// Redis with the user's next shared decision, it keeps a fallback
+	// from adding its admissions on top of the policy. What has refilled
+	// since is not owed, so a user back hours later owes nothing. Written
+	// under mu; read without it to skip the lock when it is 0.
+	owedUntil atomic.Int64
 }
 
 func newBucket(pol *policy) *bucket {
 	return &bucket{pol: pol, lim: rate.NewLimiter(pol.perSecond, pol.limit.Burst)}
 }
 
-func (b *bucket) take(pol *policy, clock func() time.Time) Result {
+func (b *bucket) take(pol *policy, clock func() time.Time, owe bool) Result {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	// Read under the lock: a rate.Limiter handed an earlier time than its
@@ -174,6 +188,9 @@ func (b *bucket) take(pol *policy, clock func() time.Time) Result {
 		b.pol = pol
 	}
 	allowed := b.lim.AllowN(now, 1)
+	if allowed && owe {
+		b.owedUntil.Store(max(b.owedUntil.Load(), now.UnixNano()) + pol.intervalMicros*int64(time.Microsecond))
+	}
 	tokens := b.lim.TokensAt(now)
 	res := Result{
 		Allowed:    allowed,
@@ -186,6 +203,30 @@ func (b *bucket) take(pol *policy, clock func() time.Time) Result {
 		res.RetryAfter = max(tokenTime(1-tokens, pol.perSecond), time.Microsecond)
 	}
 	return res
+}
+
+// takeOwed returns what the bucket's fallback admissions still owe the
+// shared budget at the clock's now, and forgets it: the caller charges it.
+func (b *bucket) takeOwed(clock func() time.Time) time.Duration {
+	if b.owedUntil.Load() == 0 {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	until := b.owedUntil.Swap(0)
+	return max(time.Duration(until-clock().UnixNano()), 0)
+}
+
+// owe gives back what takeOwed returned when the charge did not reach
+// Redis. Had it reached Redis after all (a reply that timed out), the
+// user is charged twice: stricter for a while, never more lenient.
+func (b *bucket) owe(d time.Duration, clock func() time.Time) {
+	if d <= 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.owedUntil.Store(max(b.owedUntil.Load(), clock().UnixNano()) + int64(d))
 }
 
 // rebase puts the bucket under pol at now, carrying over what the user has

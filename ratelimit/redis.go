@@ -71,7 +71,9 @@ type RedisOptions struct {
 // times out it answers from its fallback Local at once, and tries Redis
 // again once per ProbeInterval, with or without traffic. Each decision
 // Redis makes is copied into the fallback's bucket for that user, so a
-// fallback goes on from the shared state. It is safe for
+// fallback goes on from the shared state; and the requests a fallback
+// admits are charged to the shared budget with the user's next decision
+// Redis makes, less what has refilled since. It is safe for
 // concurrent use. Close it to stop its goroutines.
 type Redis struct {
 	rdb       rediser
@@ -97,6 +99,7 @@ type Redis struct {
 	decisions   decisionCounters
 	degradedG   prometheus.Gauge
 	redisErrors prometheus.Counter
+	charged     prometheus.Counter
 }
 
 // NewRedis returns a limiter applying p on rdb, answering from fallback
@@ -140,6 +143,10 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 		redisErrors: register(o.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keyproxy_ratelimit_redis_errors_total",
 			Help: "Redis rate-limit calls that failed or timed out.",
+		})),
+		charged: register(o.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyproxy_ratelimit_fallback_charged_total",
+			Help: "Requests the local fallback admitted that were charged to the shared budget in Redis once it answered again, less what had refilled since (so fractional).",
 		})),
 	}
 	if o.MaxBatch > 1 {
@@ -189,23 +196,35 @@ func (r *Redis) Degraded() bool { return r.degraded.Load() }
 // Redis cannot answer within the timeout the fallback decides.
 func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	if r.degraded.Load() && !r.probeDue() {
-		return r.fallback.Allow(ctx, userID, role)
+		return r.fallback.allow(userID, role, true)
 	}
 	pol := r.policies.Load().forRole(role)
-	res, err := r.allow(ctx, userID, pol)
+	b := r.fallback.bucket(userID, pol)
+	owed := b.takeOwed(r.fallback.now)
+	res, err := r.allow(ctx, userID, pol, owed)
 	if err != nil {
+		b.owe(owed, r.fallback.now)
 		r.redisErrors.Inc()
 		r.degrade(err)
-		return r.fallback.Allow(ctx, userID, role)
+		return r.fallback.allow(userID, role, true)
+	}
+	if owed > 0 {
+		r.charged.Add(float64(owed.Microseconds()) / float64(pol.intervalMicros))
 	}
 	r.restore()
 	r.decisions.count(res.Allowed)
-	r.fallback.follow(userID, res)
+	b.follow(pol, res.ResetAfter, r.fallback.now)
 	return res
 }
 
-func (r *Redis) allow(ctx context.Context, userID string, pol *policy) (Result, error) {
-	reply, err := r.eval(ctx, r.prefix+userID, pol.gcraArgs)
+// allow runs the script for one decision, first charging owed: what the
+// user's requests admitted by the fallback still owe the shared budget.
+func (r *Redis) allow(ctx context.Context, userID string, pol *policy, owed time.Duration) (Result, error) {
+	args := pol.gcraArgs
+	if owed > 0 {
+		args = []any{pol.intervalMicros, pol.limit.Burst, owed.Microseconds()}
+	}
+	reply, err := r.eval(ctx, r.prefix+userID, args)
 	if err != nil {
 		return Result{}, fmt.Errorf("ratelimit: redis gcra: %w", err)
 	}
