@@ -289,6 +289,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		h.mux.ServeHTTP(sw, r)
 	}
+	if admin {
+		h.recordFailure(r, sw.status(), x)
+	}
 	// A leak report is as notable as an admin call: log it at the same level.
 	h.observe(r, sw, x, pattern, admin || r.URL.Path == SecretScanningPath, time.Since(started))
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/wevion/keyproxy/audit"
 	"unicode/utf8"
 
 	"github.com/wevion/keyproxy/keystore"
@@ -73,6 +75,14 @@ type exchange struct {
 	redact keystore.Redactor
 	// err is the unexpected error behind a 5xx, for the log line only.
 	err error
+	// code is the problem code the request was answered with, if any.
+	code string
+	// subject is what the action was about (key, user, team, role), set
+	// by its handler once that input is valid and holds no secret, for
+	// the audit event of an action that does not succeed.
+	subject audit.Event
+	// recorded is set once the handler has recorded the action's event.
+	recorded bool
 }
 
 type exchangeKey struct{}

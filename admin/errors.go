@@ -106,6 +106,7 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 	default:
 		ae, x.err = errInternal, err
 	}
+	x.code = ae.code
 	if ae.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}

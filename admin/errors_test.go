@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/wevion/keyproxy/admin"
+	"github.com/wevion/keyproxy/audit"
 	"github.com/wevion/keyproxy/keystore"
 )
 
@@ -66,8 +67,17 @@ func TestStoreErrors_MapToProblems(t *testing.T) {
 					t.Fatalf("the 500's cause was logged %d times, want once", logged)
 				}
 			}
-			if len(e.events.all()) != 0 {
-				t.Fatal("a failed action was audited as a success")
+			// One admin.failed event, with what the create was about, and
+			// no internal detail.
+			all := e.events.all()
+			if len(all) != 1 {
+				t.Fatalf("%d events, want one admin.failed: %+v", len(all), all)
+			}
+			ev := all[0]
+			if ev.Type != audit.TypeAdminFailed || ev.Outcome != tt.code || ev.Status != tt.status ||
+				ev.UserID != "u1" || ev.TeamID != "t1" || ev.Role != "owner" || ev.KeyID != "" ||
+				ev.Method != "POST" || ev.Path != "/admin/v1/keys" || strings.Contains(fmt.Sprint(ev), "secret-internal-detail") {
+				t.Fatalf("event %+v, want admin.failed %d %s for u1 in t1 as owner", ev, tt.status, tt.code)
 			}
 		})
 	}

@@ -68,6 +68,7 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
+	exchangeOf(r).subject = audit.Event{UserID: req.UserID, TeamID: req.TeamID, Role: req.Role}
 	if !h.creatorRoles[req.Role] {
 		fail(w, r, errForbiddenRole)
 		return
@@ -150,7 +151,11 @@ func (h *Handler) listKeys(w http.ResponseWriter, r *http.Request) {
 // name a key, so it is 404 like an unknown one.
 func keyID(r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	return id, keystore.ValidID(id)
+	if !keystore.ValidID(id) {
+		return id, false
+	}
+	exchangeOf(r).subject.KeyID = id
+	return id, true
 }
 
 func (h *Handler) getKey(w http.ResponseWriter, r *http.Request) {

@@ -124,7 +124,37 @@ func (h *Handler) observe(r *http.Request, sw *statusWriter, x *exchange, route 
 	ce.Write(fields...)
 }
 
-const maxLoggedPath = 256
+const (
+	maxLoggedPath = 256
+	// maxMethod bounds a method in an audit event: the parser takes any
+	// token, and a failed request's is recorded too.
+	maxMethod = 32
+)
+
+// recordFailure records an admin.failed event for an admin request that
+// did not succeed and either would have changed something or came
+// without a valid token: the trail then shows who tried to create, change
+// or revoke what and was refused, and who probes the admin API. Reads
+// that fail otherwise are only logged. The handler may have recorded the
+// action itself (a DELETE of a revoked key is a 204 with its own event).
+func (h *Handler) recordFailure(r *http.Request, status int, x *exchange) {
+	if status < 400 || x.recorded {
+		return
+	}
+	switch r.Method {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+	default:
+		if status != http.StatusUnauthorized {
+			return
+		}
+	}
+	ev := x.subject
+	ev.Type, ev.Outcome = audit.TypeAdminFailed, x.code
+	if ev.Outcome == "" {
+		ev.Outcome = "failed"
+	}
+	h.record(r, status, ev)
+}
 
 // safePath keeps a key or an admin token pasted into a URL out of the log,
 // and bounds the path's length.
@@ -147,6 +177,7 @@ func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 		return
 	}
 	x := exchangeOf(r)
+	x.recorded = true
 	ua := h.redact.Redact(r.UserAgent())
 	if len(ua) > maxUserAgent {
 		ua = strings.ToValidUTF8(ua[:maxUserAgent], "")
@@ -157,7 +188,10 @@ func (h *Handler) record(r *http.Request, status int, ev audit.Event) {
 		ev.Actor = x.actor
 	}
 	ev.Method = h.redact.Redact(r.Method)
-	ev.Path = h.redact.Redact(r.URL.Path)
+	if len(ev.Method) > maxMethod {
+		ev.Method = strings.ToValidUTF8(ev.Method[:maxMethod], "")
+	}
+	ev.Path = h.safePath(r.URL.Path)
 	ev.Status = status
 	ev.DurationMS = float64(time.Since(x.started).Microseconds()) / 1000
 	ev.ClientIP = x.clientIP

@@ -43,6 +43,7 @@ func (h *Handler) putUser(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
+	exchangeOf(r).subject = audit.Event{UserID: userID, TeamID: req.TeamID, Role: req.Role}
 	ctx, cancel := detached(r)
 	defer cancel()
 	u, hashes, err := h.store.PutUser(ctx, keystore.User{ID: userID, TeamID: req.TeamID, Role: req.Role, Active: req.Active, UpdatedAt: h.now().UTC()})
@@ -75,6 +76,7 @@ func (h *Handler) putTeam(w http.ResponseWriter, r *http.Request) {
 		fail(w, r, err)
 		return
 	}
+	exchangeOf(r).subject = audit.Event{TeamID: teamID}
 	ctx, cancel := detached(r)
 	defer cancel()
 	t, hashes, err := h.store.PutTeam(ctx, keystore.Team{ID: teamID, Active: active, UpdatedAt: h.now().UTC()})

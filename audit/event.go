@@ -13,6 +13,11 @@ const (
 	TypeKeyRevoked  = "key.revoked"
 	TypeUserUpdated = "user.updated"
 	TypeTeamUpdated = "team.updated"
+	// TypeAdminFailed is an admin request that would have changed
+	// something (POST, PUT, PATCH, DELETE), or any admin request without
+	// a valid admin token, that did not succeed: refused (4xx) or failed
+	// (5xx). Its outcome is the problem's code, e.g. key_limit_reached.
+	TypeAdminFailed = "admin.failed"
 )
 
 // Outcomes of an api.request or auth.failed event.
