@@ -45,6 +45,7 @@ var (
 	errNotFound             = newAPIError(http.StatusNotFound, "not_found", "Not found", "No such resource.")
 	errForbiddenRole        = newAPIError(http.StatusForbidden, "forbidden_role", "Role may not create keys", "Only the configured creator roles may create API keys.")
 	errSubscriptionInactive = newAPIError(http.StatusForbidden, "subscription_inactive", "Subscription inactive", "The team's subscription is inactive.")
+	errUserInactive         = newAPIError(http.StatusConflict, "user_inactive", "User deactivated", "The user is deactivated; reactivate them (PUT /admin/v1/users/{user_id}) before creating a key.")
 	errKeyLimit             = newAPIError(http.StatusConflict, "key_limit_reached", "Key limit reached", "The team has reached its limit of active keys; revoke one to create another.")
 	errKeyExpired           = newAPIError(http.StatusConflict, "key_expired", "Key expired", "An expired key cannot be given a new expiry; create a new key.")
 	errConflict             = newAPIError(http.StatusConflict, "conflict", "Conflict", "The change conflicts with the current state; retry.")
@@ -95,6 +96,8 @@ func fail(w http.ResponseWriter, r *http.Request, err error) {
 		ae = errNotFound
 	case errors.Is(err, keystore.ErrTeamInactive):
 		ae = errSubscriptionInactive
+	case errors.Is(err, keystore.ErrUserInactive):
+		ae = errUserInactive
 	case errors.Is(err, keystore.ErrKeyLimitReached):
 		ae = errKeyLimit
 	case errors.Is(err, keystore.ErrConflict):

@@ -22,6 +22,9 @@ func TestFailedActions_AreAudited(t *testing.T) {
 	if w := e.do("PUT", "/admin/v1/teams/t2", `{"active":false}`); w.Code != 200 {
 		t.Fatalf("deactivating t2: %d %s", w.Code, w.Body)
 	}
+	if w := e.do("PUT", "/admin/v1/users/u5", `{"team_id":"t3","role":"owner","active":false}`); w.Code != 200 {
+		t.Fatalf("deactivating u5: %d %s", w.Code, w.Body)
+	}
 	unknownKey, err := keystore.NewID()
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +46,9 @@ func TestFailedActions_AreAudited(t *testing.T) {
 		{name: "inactive team", method: "POST", path: "/admin/v1/keys",
 			body:   `{"name":"n","user_id":"u2","team_id":"t2","role":"owner"}`,
 			status: 403, want: audit.Event{Outcome: "subscription_inactive", UserID: "u2", TeamID: "t2", Role: "owner"}},
+		{name: "deactivated user", method: "POST", path: "/admin/v1/keys",
+			body:   `{"name":"n","user_id":"u5","team_id":"t3","role":"owner"}`,
+			status: 409, want: audit.Event{Outcome: "user_inactive", UserID: "u5", TeamID: "t3", Role: "owner"}},
 		{name: "malformed body", method: "POST", path: "/admin/v1/keys", body: `{"name":`,
 			status: 400, want: audit.Event{Outcome: "invalid_request"}},
 		{name: "revoke an unknown key", method: "DELETE", path: "/admin/v1/keys/" + unknownKey,

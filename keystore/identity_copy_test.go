@@ -214,7 +214,7 @@ func checkCopiesFollow(t *testing.T, s keystore.Store, joined joinedFunc) {
 			k, err = s.CreateKey(ctx, keystore.NewKey{ID: keyIDOf(step), Hash: hashOf(step),
 				Start: "wev_AAAA", Name: "n", UserID: pick(users), TeamID: pick(teams), Role: pick(roles),
 				MaxActivePerTeam: 1000})
-			if errors.Is(err, keystore.ErrTeamInactive) {
+			if errors.Is(err, keystore.ErrTeamInactive) || errors.Is(err, keystore.ErrUserInactive) {
 				continue
 			}
 			keys = append(keys, k)

@@ -87,10 +87,16 @@ func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) (
 	if err != nil || tag.RowsAffected() == 1 {
 		return false, nil, err
 	}
-	var team, role string
-	if err := tx.QueryRow(ctx, `SELECT team_id, role FROM users WHERE id = $1 FOR NO KEY UPDATE`,
-		k.UserID).Scan(&team, &role); err != nil {
+	var (
+		team, role string
+		active     bool
+	)
+	if err := tx.QueryRow(ctx, `SELECT team_id, role, active FROM users WHERE id = $1 FOR NO KEY UPDATE`,
+		k.UserID).Scan(&team, &role, &active); err != nil {
 		return false, nil, err
+	}
+	if !active {
+		return false, nil, ErrUserInactive
 	}
 	if team == k.TeamID && role == k.Role {
 		return false, nil, nil

@@ -105,8 +105,11 @@ func validateNewKey(k NewKey) error {
 // and role. When an existing user changes, it says so and returns the
 // hashes of the user's other unrevoked keys, whose identities just changed.
 func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, err error) {
-	var team, role string
-	err = tx.QueryRowContext(ctx, `SELECT team_id, role FROM users WHERE id = ?`, k.UserID).Scan(&team, &role)
+	var (
+		team, role string
+		active     bool
+	)
+	err = tx.QueryRowContext(ctx, `SELECT team_id, role, active FROM users WHERE id = ?`, k.UserID).Scan(&team, &role, &active)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		_, err = tx.ExecContext(ctx, `INSERT INTO users (id, team_id, role, active, updated_at) VALUES (?, ?, ?, 1, ?)`,
@@ -114,6 +117,8 @@ func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (c
 		return false, nil, err
 	case err != nil:
 		return false, nil, err
+	case !active:
+		return false, nil, ErrUserInactive
 	case team == k.TeamID && role == k.Role:
 		return false, nil, nil
 	}

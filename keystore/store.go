@@ -11,6 +11,9 @@ var (
 	ErrNotFound        = errors.New("keystore: not found")
 	ErrKeyLimitReached = errors.New("keystore: active key limit reached for team")
 	ErrTeamInactive    = errors.New("keystore: team subscription inactive")
+	// ErrUserInactive refuses a key for a deactivated user: it could never
+	// be used, and it would hold one of the team's active-key places.
+	ErrUserInactive = errors.New("keystore: user deactivated")
 	// ErrUnavailable marks failures another try could cure (locked, busy,
 	// closed or unreachable store); callers fail closed on it.
 	ErrUnavailable = errors.New("keystore: store unavailable")
@@ -132,10 +135,11 @@ func (id Identity) Check(now time.Time) Status {
 // Store is the store of record. SQLite and PostgreSQL implement it and pass
 // the same contract suite (storetest).
 type Store interface {
-	// CreateKey upserts the user (team, role; active unchanged for an
-	// existing user, true for a new one) and the team (active if new), then
-	// inserts the key, in one transaction that enforces MaxActivePerTeam.
-	// Errors: ErrTeamInactive, ErrKeyLimitReached, ErrConflict (id or hash).
+	// CreateKey upserts the user (team, role; true for a new one; an
+	// existing deactivated user is refused and left as it is) and the team
+	// (active if new), then inserts the key, in one transaction that
+	// enforces MaxActivePerTeam. Errors: ErrTeamInactive, ErrUserInactive,
+	// ErrKeyLimitReached, ErrConflict (id or hash).
 	// A zero CreatedAt means now. The returned key carries EvictHashes.
 	CreateKey(ctx context.Context, k NewKey) (Key, error)
 	// GetKey returns one key, ErrNotFound if the id is unknown.

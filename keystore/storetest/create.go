@@ -40,18 +40,28 @@ func testCreateNewOwnerActive(t *testing.T, s keystore.Store) {
 	}
 }
 
-func testCreateKeepsUserActive(t *testing.T, s keystore.Store) {
+// A key for a deactivated user could never be used, and would hold one
+// of the team's places: refused, and the user left as it was (not
+// reactivated, not moved, role kept).
+func testCreateDeactivatedUserRefused(t *testing.T, s keystore.Store) {
 	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: false}); err != nil {
+		t.Fatal(err)
+	}
+	for _, team := range []string{"team_a", "team_b"} {
+		nk := newKey(t, team, "user_a", "owner")
+		_, err := s.CreateKey(ctx(t), nk)
+		wantErr(t, err, keystore.ErrUserInactive, "CreateKey for a deactivated user in "+team)
+		_, err = s.GetKey(ctx(t), nk.ID)
+		wantErr(t, err, keystore.ErrNotFound, "GetKey of the refused key")
+	}
+	// Reactivated, the same create succeeds, under the create's role.
+	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true}); err != nil {
 		t.Fatal(err)
 	}
 	nk := newKey(t, "team_a", "user_a", "owner")
 	create(t, s, nk)
-	id := resolve(t, s, nk.Hash)
-	if id.UserActive {
-		t.Fatal("CreateKey reactivated a deactivated user")
-	}
-	if id.Role != "owner" {
-		t.Fatalf("role = %q, want the create's role owner", id.Role)
+	if id := resolve(t, s, nk.Hash); !id.UserActive || id.Role != "owner" || id.TeamID != "team_a" {
+		t.Fatalf("after reactivation: %+v, want active owner in team_a", id)
 	}
 }
 

@@ -31,7 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) keystore.Store) {
 	}{
 		{"CreateKey_ReturnsWhatGetKeyReads", testCreateReturnsStored},
 		{"CreateKey_NewUserAndTeamAreActive", testCreateNewOwnerActive},
-		{"CreateKey_ExistingUserKeepsActiveFlag", testCreateKeepsUserActive},
+		{"CreateKey_DeactivatedUserRefused", testCreateDeactivatedUserRefused},
 		{"CreateKey_InactiveTeamRefused", testCreateInactiveTeam},
 		{"CreateKey_DuplicateIDOrHashConflicts", testCreateConflict},
 		{"CreateKey_InvalidInputRefused", testCreateInvalid},
