@@ -11,9 +11,11 @@ import (
 	"github.com/wevion/keyproxy/internal/testserver"
 )
 
-// The script's optional third argument charges what was admitted where it
-// could not run, capped at the whole burst, and stores it even when the
-// request it comes with is refused.
+// The script's optional third and fourth arguments charge what was
+// admitted where it could not run, as it would have spent when admitted:
+// on top of a bucket that was still refilling, or from when the requests
+// began if the bucket was full then. Capped at the whole burst, and
+// stored even when the request it comes with is refused.
 func TestGCRA_ChargeSpendsWhatWasAdmittedElsewhere(t *testing.T) {
 	server := testserver.StartRedis(t)
 	client := newClient(t, server.Addr)
@@ -21,18 +23,24 @@ func TestGCRA_ChargeSpendsWhatWasAdmittedElsewhere(t *testing.T) {
 	const interval = int64(6_000_000) // member10: 10 a minute, burst 10
 	for i, tt := range []struct {
 		name          string
-		before        int   // admitted through the script first
-		charge        int64 // µs
+		before        int   // admitted through the script first, just now
+		charge, age   int64 // µs
 		wantAllowed   bool
 		wantRemaining int64
 		thenAdmitted  int // of 20 more without a charge
 	}{
-		{"no charge", 0, 0, true, 9, 9},
-		{"three requests", 0, 3 * interval, true, 6, 6},
-		{"on top of what the user spent", 4, 3 * interval, true, 2, 2},
-		{"half a request", 0, interval / 2, true, 8, 8},
-		{"the whole burst", 0, 10 * interval, false, 0, 0},
-		{"more than the burst", 3, 20 * interval, false, 0, 0},
+		{"no charge", 0, 0, 0, true, 9, 9},
+		{"three requests", 0, 3 * interval, 0, true, 6, 6},
+		{"on top of what the user spent", 4, 3 * interval, 0, true, 2, 2},
+		{"half a request", 0, interval / 2, 0, true, 8, 8},
+		{"the whole burst", 0, 10 * interval, 0, false, 0, 0},
+		{"more than the burst", 3, 20 * interval, 0, false, 0, 0},
+		// The bucket was still refilling from the 4 when the 3 came, so
+		// the refill since is the 4's: all 3 are owed, however long ago.
+		{"begun while the bucket refilled", 4, 3 * interval, 2 * interval, true, 2, 2},
+		// A full bucket 2 intervals ago: 2 of the 5 have refilled.
+		{"begun on a full bucket", 0, 5 * interval, 2 * interval, true, 6, 6},
+		{"long ago", 0, 5 * interval, 3_600_000_000, true, 9, 9},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			key := []string{fmt.Sprintf("%scharge%d", DefaultKeyPrefix, i)}
@@ -48,10 +56,10 @@ func TestGCRA_ChargeSpendsWhatWasAdmittedElsewhere(t *testing.T) {
 			for range tt.before {
 				eval(interval, 10)
 			}
-			vals := eval(interval, 10, tt.charge)
+			vals := eval(interval, 10, tt.charge, tt.age)
 			if got := vals[0] == int64(1); got != tt.wantAllowed || vals[1] != tt.wantRemaining {
-				t.Fatalf("with a charge of %d µs after %d requests: %v, want allowed %v with %d remaining",
-					tt.charge, tt.before, vals, tt.wantAllowed, tt.wantRemaining)
+				t.Fatalf("with a charge of %d µs begun %d µs ago after %d requests: %v, want allowed %v with %d remaining",
+					tt.charge, tt.age, tt.before, vals, tt.wantAllowed, tt.wantRemaining)
 			}
 			if !tt.wantAllowed {
 				// Capped at the burst: the next token comes one interval on.
@@ -72,46 +80,49 @@ func TestGCRA_ChargeSpendsWhatWasAdmittedElsewhere(t *testing.T) {
 	}
 }
 
-// What a fallback admits is owed for as long as the shared bucket would
-// still be refilling it, not forever; plain Local decisions owe nothing.
-func TestLocal_FallbackAdmissionsAreOwedLessWhatHasRefilled(t *testing.T) {
+// A fallback owes every request it admits, with the time the first of
+// them was admitted; plain Local decisions and refusals owe nothing.
+func TestLocal_FallbackAdmissionsAreOwed(t *testing.T) {
 	l, clk := newTestLocal(t, testPolicies(), LocalOptions{}) // 60 a minute: one second each
 	pol := l.policies.Load().forRole("member")
-	owed := func() time.Duration { return l.bucket("u1", pol).takeOwed(clk.Now) }
+	owed := func() debt { return l.bucket("u1", pol).takeOwed(clk.Now) }
 
 	l.Allow(context.Background(), "u1", "member")
-	if d := owed(); d != 0 {
-		t.Fatalf("a plain Local decision owes %s, want nothing", d)
+	if d := owed(); d != (debt{}) {
+		t.Fatalf("a plain Local decision owes %+v, want nothing", d)
 	}
-	for range 3 {
-		l.allow("u1", "member", true)
-	}
+	admitOwing(l, 2, "u1")
 	clk.Advance(time.Second)
-	if d := owed(); d != 2*time.Second {
-		t.Fatalf("3 fallback admissions, 1 s later: owed %s, want 2s", d)
-	}
-	if d := owed(); d != 0 {
-		t.Fatalf("owed %s right after it was taken, want nothing", d)
-	}
-
-	// Refusals owe nothing: 4 spent, 1 refilled, 7 tokens left.
-	if got := admitOwing(l, 20, "u1"); got != 7 {
-		t.Fatalf("fallback admitted %d, want the 7 tokens left", got)
-	}
-	if d := owed(); d != 7*time.Second {
-		t.Fatalf("after 7 admitted and 13 refused: owed %s, want 7s", d)
-	}
-
-	// A charge that did not reach Redis is owed again, and refills.
-	l.bucket("u1", pol).owe(4*time.Second, clk.Now)
-	clk.Advance(5 * time.Second)
-	if d := owed(); d != 0 {
-		t.Fatalf("5 s after 4 s were owed: %s, want nothing (refilled)", d)
-	}
-	l.bucket("u1", pol).owe(4*time.Second, clk.Now)
 	admitOwing(l, 1, "u1")
-	if d := owed(); d != 5*time.Second {
-		t.Fatalf("4 s given back, then one more admitted: owed %s, want 5s", d)
+	clk.Advance(time.Second)
+	if d := owed(); d != (debt{requests: 3, age: 2 * time.Second}) {
+		t.Fatalf("3 fallback admissions over 1 s, 1 s later: owed %+v, want 3 from 2 s ago", d)
+	}
+	if d := owed(); d != (debt{}) {
+		t.Fatalf("owed %+v right after it was taken, want nothing", d)
+	}
+
+	// Refusals owe nothing: 4 spent, 2 refilled, 8 tokens left.
+	if got := admitOwing(l, 20, "u1"); got != 8 {
+		t.Fatalf("fallback admitted %d, want the 8 tokens left", got)
+	}
+	if d := owed(); d.requests != 8 || d.age != 0 {
+		t.Fatalf("after 8 admitted and 12 refused: owed %+v, want 8 from now", d)
+	}
+
+	// A charge that did not reach Redis is owed again, from its own start
+	// when that was earlier.
+	clk.Advance(3 * time.Second)
+	admitOwing(l, 1, "u1")
+	clk.Advance(time.Second)
+	l.bucket("u1", pol).owe(debt{requests: 4, age: 5 * time.Second}, clk.Now)
+	if d := owed(); d != (debt{requests: 5, age: 5 * time.Second}) {
+		t.Fatalf("1 owed from 1 s ago, 4 given back from 5 s ago: %+v, want 5 from 5 s ago", d)
+	}
+	l.bucket("u1", pol).owe(debt{requests: 2, age: time.Second}, clk.Now)
+	admitOwing(l, 1, "u1")
+	if d := owed(); d != (debt{requests: 3, age: time.Second}) {
+		t.Fatalf("2 given back from 1 s ago, then 1 admitted: %+v, want 3 from 1 s ago", d)
 	}
 }
 
@@ -169,8 +180,8 @@ func TestRedis_FallbackAdmissionsAreChargedWhenRedisAnswersAgain(t *testing.T) {
 	if r := a.limiter.Allow(ctx, "u1", "member"); r.Allowed || r.RetryAfter <= 0 {
 		t.Errorf("a, back on Redis: %+v, want refused: the 7 admitted locally are charged", r)
 	}
-	if v := testutil.ToFloat64(a.limiter.charged); v < 6.5 || v > 7 {
-		t.Errorf("keyproxy_ratelimit_fallback_charged_total = %v, want the 7 requests less a few seconds' refill", v)
+	if v := testutil.ToFloat64(a.limiter.charged); v != 7 {
+		t.Errorf("keyproxy_ratelimit_fallback_charged_total = %v, want the 7 requests", v)
 	}
 	if got := admitN(b.limiter, 10, "u1", "member"); got != 0 {
 		t.Errorf("b admitted %d after the outage, want none: the burst of 10 is spent", got)

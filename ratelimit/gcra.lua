@@ -6,9 +6,11 @@
 -- ARGV[1]  emission interval in microseconds: per / requests, at least 1
 -- ARGV[2]  burst: how many requests may arrive at once
 -- ARGV[3]  optional, default 0: microseconds of budget to charge before
---          deciding, for requests admitted where this script could not
---          run (a keyproxy replica's local fallback while Redis was out of
---          reach), less what has refilled since they were admitted
+--          deciding (requests × interval), for requests admitted where
+--          this script could not run: a keyproxy replica's local fallback
+--          while Redis was out of reach
+-- ARGV[4]  optional, default 0: how many microseconds ago the first of
+--          those requests was admitted
 --
 -- The key holds "<tat>.<interval>": the theoretical arrival time (TAT) as
 -- an integer count of microseconds since the Unix epoch, a dot, and the
@@ -27,11 +29,15 @@
 -- "<tat>.<interval>" as a number whose integer part is the TAT, so a
 -- replica or web app not yet upgraded still spends from the same budget.
 --
--- Only admitted requests spend budget, here or (ARGV[3]) elsewhere. The
--- charge is capped like a rescaled TAT: at most the whole burst spent. A
--- refusal writes only when the stored state had to be re-expressed under
--- the current policy or a charge was added, and then only that, so that
--- its retry time holds.
+-- Only admitted requests spend budget, here or (ARGV[3]) elsewhere. A
+-- charge spends as the requests would have when they were admitted: on
+-- top of the stored TAT if that was still ahead of them (the bucket was
+-- refilling, and its refill since is already counted), else from when
+-- they began (the bucket was full then, and the refill since is theirs),
+-- so requests admitted long ago cost nothing now. It is capped like a
+-- rescaled TAT: at most the whole burst spent. A refusal writes only when
+-- the stored state had to be re-expressed under the current policy or a
+-- charge was added, and then only that, so that its retry time holds.
 --
 -- Returns {allowed (0|1), remaining, retry_after_us, reset_after_us}.
 
@@ -43,12 +49,16 @@ end
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local charge = tonumber(ARGV[3]) or 0
+local age = tonumber(ARGV[4]) or 0
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 local tat = now
 local changed = false
+-- The stored TAT in the current terms, in the past once the bucket is
+-- full; nil without a key (full for at least as long as it expired).
+local base = nil
 local stored = redis.call("GET", KEYS[1])
 if stored then
   local stored_tat, stored_interval = string.match(stored, "^(%d+)%.(%d+)$")
@@ -74,11 +84,19 @@ if stored then
     end
     tat = now + owed
   end
+  base = now + owed
 end
 
 if charge > 0 then
-  tat = math.min(tat + math.floor(charge), now + burst * interval)
-  changed = true
+  local from = now - age
+  if base and base > from then
+    from = base
+  end
+  local charged = math.min(from + math.floor(charge), now + burst * interval)
+  if charged > tat then
+    tat = charged
+    changed = true
+  end
 end
 
 local function store(value_tat)

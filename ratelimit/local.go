@@ -159,15 +159,15 @@ type bucket struct {
 	mu  sync.Mutex
 	pol *policy
 	lim *rate.Limiter
-	// owedUntil is what the requests this bucket admitted as the Redis
-	// limiter's fallback still owe the shared budget, which never saw
-	// them: the theoretical arrival time of those requests alone, in the
-	// Local clock's Unix nanoseconds, 0 when nothing is owed. Charged to
-	// Redis with the user's next shared decision, it keeps a fallback
-	// from adding its admissions on top of the policy. What has refilled
-	// since is not owed, so a user back hours later owes nothing. Written
-	// under mu; read without it to skip the lock when it is 0.
-	owedUntil atomic.Int64
+	// owed counts the requests this bucket admitted as the Redis
+	// limiter's fallback, which the shared budget never saw, and
+	// owedSince is when the first of them was admitted. Charged to Redis
+	// with the user's next shared decision (see gcra.lua's ARGV[3] and
+	// [4]), they keep a fallback from adding its admissions on top of the
+	// policy. owed is written under mu and read without it to skip the
+	// lock when it is 0; owedSince is mu's.
+	owed      atomic.Int64
+	owedSince time.Time
 }
 
 func newBucket(pol *policy) *bucket {
@@ -189,7 +189,10 @@ func (b *bucket) take(pol *policy, clock func() time.Time, owe bool) Result {
 	}
 	allowed := b.lim.AllowN(now, 1)
 	if allowed && owe {
-		b.owedUntil.Store(max(b.owedUntil.Load(), now.UnixNano()) + pol.intervalMicros*int64(time.Microsecond))
+		if b.owed.Load() == 0 {
+			b.owedSince = now
+		}
+		b.owed.Add(1)
 	}
 	tokens := b.lim.TokensAt(now)
 	res := Result{
@@ -205,28 +208,36 @@ func (b *bucket) take(pol *policy, clock func() time.Time, owe bool) Result {
 	return res
 }
 
-// takeOwed returns what the bucket's fallback admissions still owe the
-// shared budget at the clock's now, and forgets it: the caller charges it.
-func (b *bucket) takeOwed(clock func() time.Time) time.Duration {
-	if b.owedUntil.Load() == 0 {
-		return 0
+// debt is what a bucket's fallback admissions owe the shared budget.
+type debt struct {
+	requests int64
+	age      time.Duration // since the first of them was admitted
+}
+
+// takeOwed returns what the bucket's fallback admissions owe the shared
+// budget at the clock's now, and forgets it: the caller charges it.
+func (b *bucket) takeOwed(clock func() time.Time) debt {
+	if b.owed.Load() == 0 {
+		return debt{}
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	until := b.owedUntil.Swap(0)
-	return max(time.Duration(until-clock().UnixNano()), 0)
+	return debt{requests: b.owed.Swap(0), age: max(clock().Sub(b.owedSince), 0)}
 }
 
 // owe gives back what takeOwed returned when the charge did not reach
 // Redis. Had it reached Redis after all (a reply that timed out), the
 // user is charged twice: stricter for a while, never more lenient.
-func (b *bucket) owe(d time.Duration, clock func() time.Time) {
-	if d <= 0 {
+func (b *bucket) owe(d debt, clock func() time.Time) {
+	if d.requests <= 0 {
 		return
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.owedUntil.Store(max(b.owedUntil.Load(), clock().UnixNano()) + int64(d))
+	if since := clock().Add(-d.age); b.owed.Load() == 0 || since.Before(b.owedSince) {
+		b.owedSince = since
+	}
+	b.owed.Add(d.requests)
 }
 
 // rebase puts the bucket under pol at now, carrying over what the user has

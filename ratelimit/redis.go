@@ -73,7 +73,7 @@ type RedisOptions struct {
 // Redis makes is copied into the fallback's bucket for that user, so a
 // fallback goes on from the shared state; and the requests a fallback
 // admits are charged to the shared budget with the user's next decision
-// Redis makes, less what has refilled since. It is safe for
+// Redis makes. It is safe for
 // concurrent use. Close it to stop its goroutines.
 type Redis struct {
 	rdb       rediser
@@ -146,7 +146,7 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 		})),
 		charged: register(o.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keyproxy_ratelimit_fallback_charged_total",
-			Help: "Requests the local fallback admitted that were charged to the shared budget in Redis once it answered again, less what had refilled since (so fractional).",
+			Help: "Requests the local fallback admitted that were charged to the user's shared budget in Redis once it answered again.",
 		})),
 	}
 	if o.MaxBatch > 1 {
@@ -208,8 +208,8 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 		r.degrade(err)
 		return r.fallback.allow(userID, role, true)
 	}
-	if owed > 0 {
-		r.charged.Add(float64(owed.Microseconds()) / float64(pol.intervalMicros))
+	if owed.requests > 0 {
+		r.charged.Add(float64(owed.requests))
 	}
 	r.restore()
 	r.decisions.count(res.Allowed)
@@ -217,12 +217,12 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	return res
 }
 
-// allow runs the script for one decision, first charging owed: what the
-// user's requests admitted by the fallback still owe the shared budget.
-func (r *Redis) allow(ctx context.Context, userID string, pol *policy, owed time.Duration) (Result, error) {
+// allow runs the script for one decision, first charging owed: the
+// user's requests the fallback admitted.
+func (r *Redis) allow(ctx context.Context, userID string, pol *policy, owed debt) (Result, error) {
 	args := pol.gcraArgs
-	if owed > 0 {
-		args = []any{pol.intervalMicros, pol.limit.Burst, owed.Microseconds()}
+	if owed.requests > 0 {
+		args = []any{pol.intervalMicros, pol.limit.Burst, owed.requests * pol.intervalMicros, owed.age.Microseconds()}
 	}
 	reply, err := r.eval(ctx, r.prefix+userID, args)
 	if err != nil {
