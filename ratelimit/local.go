@@ -116,7 +116,7 @@ func (l *Local) Allow(_ context.Context, userID, role string) Result {
 
 // allow decides from userID's bucket. With owe, as the Redis limiter's
 // fallback, an admitted request is also recorded as owed to the shared
-// budget (see bucket.owedUntil).
+// budget (see bucket.owed).
 func (l *Local) allow(userID, role string, owe bool) Result {
 	pol := l.policies.Load().forRole(role)
 	res := l.bucket(userID, pol).take(pol, l.now, owe)
