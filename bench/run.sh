@@ -63,5 +63,5 @@ if [[ -z "${SKIP_STORE:-}" ]]; then
 	[[ -n "${QUICK:-}" ]] && keys="${STORE_KEYS:-100000}"
 	echo
 	echo "key store: Resolve on a cache miss, 1 k vs ${keys} keys; memory per cached key"
-	STORE_KEYS="$keys" go test -run '^$' -bench . -benchtime 20000x -benchmem ./bench/storebench/ | grep -Ev '^(goos|goarch|pkg|cpu):'
+	STORE_KEYS="$keys" go test -run '^$' -bench . -benchtime 200000x -benchmem ./bench/storebench/ | grep -Ev '^(goos|goarch|pkg|cpu):'
 fi

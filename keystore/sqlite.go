@@ -19,6 +19,13 @@ import (
 // (this process or another) before the store reports ErrUnavailable.
 const DefaultSQLiteBusyTimeout = 5 * time.Second
 
+// DefaultSQLiteMmapSize is keyproxy's store.mmap_bytes: 1 GiB covers a
+// store of about 1.7 M keys (the file holds about 600 bytes a key).
+// Through pread(2), a key lookup in a store of 1 M keys took 1.3x as long
+// as in one of 1 k, most of the difference the system calls that copy
+// pages the 16 MiB page cache no longer holds; mapped, 1.13x.
+const DefaultSQLiteMmapSize = 1 << 30
+
 // SQLite is the embedded single-node Store: one database file in WAL mode.
 type SQLite struct {
 	db     *sql.DB
@@ -30,13 +37,34 @@ type SQLite struct {
 
 var _ Store = (*SQLite)(nil)
 
+// SQLiteOptions tune OpenSQLiteWith. The zero value is OpenSQLite's.
+type SQLiteOptions struct {
+	// MmapSize is how many bytes of the file SQLite reads through a
+	// shared memory map rather than with pread(2) into each connection's
+	// page cache (PRAGMA mmap_size; 0 turns it off). SQLite's documented
+	// cost: an I/O error while reading a mapped page is a SIGBUS, which
+	// ends the process, where pread(2) would have returned an error.
+	MmapSize int64
+	// BusyTimeout is how long a write waits for another writer (default
+	// DefaultSQLiteBusyTimeout).
+	BusyTimeout time.Duration
+}
+
 // OpenSQLite opens (creating if needed) the database file at path and
 // applies the schema migrations.
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
-	return openSQLite(ctx, path, DefaultSQLiteBusyTimeout)
+	return OpenSQLiteWith(ctx, path, SQLiteOptions{})
 }
 
-func openSQLite(ctx context.Context, path string, busyTimeout time.Duration) (*SQLite, error) {
+// OpenSQLiteWith is OpenSQLite with options.
+func OpenSQLiteWith(ctx context.Context, path string, o SQLiteOptions) (*SQLite, error) {
+	if o.MmapSize < 0 {
+		return nil, fmt.Errorf("keystore: sqlite mmap size %d is negative", o.MmapSize)
+	}
+	busyTimeout := o.BusyTimeout
+	if busyTimeout <= 0 {
+		busyTimeout = DefaultSQLiteBusyTimeout
+	}
 	// The driver reads parameters after the first '?', and SQLite's URI
 	// parser gives meaning to '#' and ":memory:" (a private database per
 	// pooled connection): refuse them rather than open the wrong file.
@@ -51,7 +79,8 @@ func openSQLite(ctx context.Context, path string, busyTimeout time.Duration) (*S
 		"&_journal_mode=WAL&_synchronous=NORMAL&_foreign_keys=1" +
 		// 16 MiB of page cache per connection (the default is 2 MiB): the key
 		// tables and the audit segments' headers and id index stay in memory.
-		"&_pragma=cache_size(-16384)"
+		"&_pragma=cache_size(-16384)" +
+		"&_pragma=mmap_size(" + strconv.FormatInt(o.MmapSize, 10) + ")"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("keystore: opening sqlite %s: %w", path, err)

@@ -43,6 +43,35 @@ func TestOpenSQLite_EnablesWALAndForeignKeys(t *testing.T) {
 	}
 }
 
+// Every pooled connection gets the map size asked for (the pragma is per
+// connection), and none unless asked.
+func TestOpenSQLiteWith_MapsTheFileOnEveryConnection(t *testing.T) {
+	ctx := context.Background()
+	for _, want := range []int64{0, keystore.DefaultSQLiteMmapSize} {
+		s, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: want})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns := make([]*sql.Conn, 3)
+		for i := range conns {
+			if conns[i], err = s.DB().Conn(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var got int64
+			if err := conns[i].QueryRowContext(ctx, `PRAGMA mmap_size`).Scan(&got); err != nil || got != want {
+				t.Errorf("connection %d: mmap_size = %d (%v), want %d", i, got, err, want)
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		s.Close()
+	}
+	if _, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: -1}); err == nil {
+		t.Error("a negative map size was accepted")
+	}
+}
+
 func TestOpenSQLite_MigrationsIdempotentOnReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "keys.db")
@@ -117,7 +146,7 @@ func TestOpenSQLite_UnwritableDirIsAnError(t *testing.T) {
 func TestSQLite_LockedDatabaseIsUnavailable(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "keys.db")
-	s, err := keystore.OpenSQLiteBusyTimeout(ctx, path, 50*time.Millisecond)
+	s, err := keystore.OpenSQLiteWith(ctx, path, keystore.SQLiteOptions{BusyTimeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,9 @@ type testStore struct {
 }
 
 func openSQLite(tb testing.TB) testStore {
-	s, err := keystore.OpenSQLite(context.Background(), filepath.Join(tb.TempDir(), "keys.db"))
+	// Opened as keyproxy opens it by default, file mapped.
+	s, err := keystore.OpenSQLiteWith(context.Background(), filepath.Join(tb.TempDir(), "keys.db"),
+		keystore.SQLiteOptions{MmapSize: keystore.DefaultSQLiteMmapSize})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -72,7 +72,7 @@ func openStore(ctx context.Context, cfg *Config) (store, audit.Dialect, error) {
 		}
 		return s, audit.Postgres, nil
 	default:
-		s, err := keystore.OpenSQLite(ctx, cfg.Store.DSN)
+		s, err := keystore.OpenSQLiteWith(ctx, cfg.Store.DSN, keystore.SQLiteOptions{MmapSize: cfg.Store.MmapBytes})
 		if err != nil {
 			return nil, 0, fmt.Errorf("store.dsn: opening SQLite %s: %w", cfg.Store.DSN, err)
 		}

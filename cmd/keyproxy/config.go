@@ -49,9 +49,10 @@ type Config struct {
 		TLS          AdminTLS `mapstructure:"tls"`
 	} `mapstructure:"admin"`
 	Store struct {
-		Driver   string `mapstructure:"driver"`
-		DSN      string `mapstructure:"dsn"`
-		MaxConns int    `mapstructure:"max_conns"`
+		Driver    string `mapstructure:"driver"`
+		DSN       string `mapstructure:"dsn"`
+		MaxConns  int    `mapstructure:"max_conns"`
+		MmapBytes int64  `mapstructure:"mmap_bytes"`
 	} `mapstructure:"store"`
 	Redis struct {
 		Addr        string        `mapstructure:"addr"`
@@ -128,6 +129,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("store.driver", "sqlite")
 	v.SetDefault("store.dsn", "keyproxy.db")
 	v.SetDefault("store.max_conns", 20)
+	v.SetDefault("store.mmap_bytes", keystore.DefaultSQLiteMmapSize)
 	v.SetDefault("redis.addr", "")
 	v.SetDefault("redis.addrs", []string{})
 	v.SetDefault("redis.master_name", "")
@@ -332,6 +334,9 @@ func (c *Config) Validate() []string {
 	}
 	if c.Store.MaxConns < 1 {
 		add("store.max_conns", "must be at least 1")
+	}
+	if c.Store.MmapBytes < 0 {
+		add("store.mmap_bytes", "must not be negative, got %d", c.Store.MmapBytes)
 	}
 	if c.Redis.DB < 0 {
 		add("redis.db", "must not be negative, got %d", c.Redis.DB)

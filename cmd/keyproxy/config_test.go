@@ -174,6 +174,7 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		{"admin listen with a bad port", "admin:\n  listen: 127.0.0.1:http9\n", nil, []string{"admin.listen: port must be a number"}},
 		{"redis address without a port", "", []string{"KEYPROXY_REDIS_ADDR=not-an-addr"}, []string{"redis.addr: must be host:port"}},
 		{"negative redis db", "redis:\n  db: -1\n", nil, []string{"redis.db: must not be negative"}},
+		{"negative sqlite map size", "", []string{"KEYPROXY_STORE_MMAP_BYTES=-1"}, []string{"store.mmap_bytes: must not be negative"}},
 		{"admin token with a space inside", "admin:\n  tokens: [\"tokenAAAAAAAA AAAAAAAA1\"]\n", nil, []string{"admin.tokens[0]: must be at least 16 characters without whitespace"}},
 		{"unknown top-level key named in full", "upstrem: 1\n", nil, []string{"upstrem: unknown key"}},
 		{"unknown nested key named in full", "cache:\n  tll: 5s\n", nil, []string{"cache.tll: unknown key"}},
