@@ -47,7 +47,7 @@ func TestOpenSQLite_EnablesWALAndForeignKeys(t *testing.T) {
 // connection), and none unless asked.
 func TestOpenSQLiteWith_MapsTheFileOnEveryConnection(t *testing.T) {
 	ctx := context.Background()
-	for _, want := range []int64{0, keystore.DefaultSQLiteMmapSize} {
+	for _, want := range []int64{0, 1 << 20, keystore.MaxSQLiteMmapSize} {
 		s, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: want})
 		if err != nil {
 			t.Fatal(err)
@@ -67,8 +67,11 @@ func TestOpenSQLiteWith_MapsTheFileOnEveryConnection(t *testing.T) {
 		}
 		s.Close()
 	}
-	if _, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: -1}); err == nil {
-		t.Error("a negative map size was accepted")
+	// SQLite would quietly map less than a larger size asks for.
+	for _, bad := range []int64{-1, keystore.MaxSQLiteMmapSize + 1} {
+		if _, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: bad}); err == nil {
+			t.Errorf("map size %d was accepted", bad)
+		}
 	}
 }
 

@@ -335,8 +335,8 @@ func (c *Config) Validate() []string {
 	if c.Store.MaxConns < 1 {
 		add("store.max_conns", "must be at least 1")
 	}
-	if c.Store.MmapBytes < 0 {
-		add("store.mmap_bytes", "must not be negative, got %d", c.Store.MmapBytes)
+	if c.Store.MmapBytes < 0 || c.Store.MmapBytes > keystore.MaxSQLiteMmapSize {
+		add("store.mmap_bytes", "must be from 0 to %d (SQLite's limit), got %d", keystore.MaxSQLiteMmapSize, c.Store.MmapBytes)
 	}
 	if c.Redis.DB < 0 {
 		add("redis.db", "must not be negative, got %d", c.Redis.DB)
