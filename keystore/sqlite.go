@@ -27,9 +27,9 @@ const MaxSQLiteMmapSize = 0x7fff0000
 // DefaultSQLiteMmapSize is keyproxy's store.mmap_bytes: as much as SQLite
 // maps. A map only spans the file as it is, so a small file costs no
 // more. Through pread(2), a key lookup in a store of 1 M keys (600 MB)
-// took 1.3x as long as in one of 1 k, most of the difference the system
-// calls that copy pages the 16 MiB page cache no longer holds; mapped,
-// 1.1x to 1.2x.
+// took 1.3x to 1.5x as long as in one of 1 k, most of the difference
+// the system calls that copy pages the 16 MiB page cache no longer
+// holds; mapped, 1.1x to 1.2x.
 const DefaultSQLiteMmapSize = MaxSQLiteMmapSize
 
 // SQLite is the embedded single-node Store: one database file in WAL mode.
