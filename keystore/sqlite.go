@@ -57,7 +57,9 @@ type SQLiteOptions struct {
 }
 
 // OpenSQLite opens (creating if needed) the database file at path and
-// applies the schema migrations.
+// applies the schema migrations. It reads the file without a memory map,
+// the cautious choice for a one-off command; keyproxy serve maps it
+// (OpenSQLiteWith, store.mmap_bytes).
 func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	return OpenSQLiteWith(ctx, path, SQLiteOptions{})
 }
