@@ -69,7 +69,8 @@ func TestOpenSQLiteWith_MapsTheFileOnEveryConnection(t *testing.T) {
 	}
 	// SQLite would quietly map less than a larger size asks for.
 	for _, bad := range []int64{-1, keystore.MaxSQLiteMmapSize + 1} {
-		if _, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: bad}); err == nil {
+		if s, err := keystore.OpenSQLiteWith(ctx, filepath.Join(t.TempDir(), "keys.db"), keystore.SQLiteOptions{MmapSize: bad}); err == nil {
+			s.Close()
 			t.Errorf("map size %d was accepted", bad)
 		}
 	}
