@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 
@@ -18,7 +19,7 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 type checkResult struct {
 	Name   string `json:"name"`
 	Status string `json:"status"`           // "ok", "fail" or "degraded"
-	Reason string `json:"reason,omitempty"` // "timeout", "unavailable" or "error"
+	Reason string `json:"reason,omitempty"` // "unavailable" (refused, unreachable), "timeout" or "error"
 }
 
 // readyz runs every check at once, each bounded by readyTimeout. The answer
@@ -58,8 +59,14 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, r, status, out)
 }
 
+// reason tells a server that refused or could not be reached apart from
+// one that did not answer in time: the first is down, the second may be
+// overloaded, and an operator looks for different causes.
 func reason(ctx context.Context, err error) string {
+	var dial *net.OpError
 	switch {
+	case errors.As(err, &dial) && dial.Op == "dial" && !dial.Timeout():
+		return "unavailable"
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
 		return "timeout"
 	case errors.Is(err, keystore.ErrUnavailable):

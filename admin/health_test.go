@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -42,6 +45,12 @@ func TestReadyz_NamesTheFailingCheck(t *testing.T) {
 		{"extra check down", []admin.ReadinessCheck{{Name: "redis", Check: func(context.Context) error {
 			return errors.New("dial tcp 10.0.0.7:6379: connection refused")
 		}}}, false, 503, "store:ok:,redis:fail:error"},
+		{"extra check refused", []admin.ReadinessCheck{{Name: "redis", Check: func(context.Context) error {
+			return fmt.Errorf("ping: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
+		}}}, false, 503, "store:ok:,redis:fail:unavailable"},
+		{"extra check's dial times out", []admin.ReadinessCheck{{Name: "redis", Check: func(context.Context) error {
+			return fmt.Errorf("ping: %w", &net.OpError{Op: "dial", Net: "tcp", Err: context.DeadlineExceeded})
+		}}}, false, 503, "store:ok:,redis:fail:timeout"},
 		{"extra check times out", []admin.ReadinessCheck{{Name: "redis", Check: func(context.Context) error {
 			return fmt.Errorf("ping: %w", context.DeadlineExceeded)
 		}}}, false, 503, "store:ok:,redis:fail:timeout"},

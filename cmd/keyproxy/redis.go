@@ -42,9 +42,15 @@ func newRedisClient(c *Config) redis.UniversalClient {
 		WriteTimeout:          c.Redis.Timeout,
 		ContextTimeoutEnabled: true,
 		MaxRetries:            1,
-		MinRetryBackoff:       8 * time.Millisecond,
-		MaxRetryBackoff:       64 * time.Millisecond,
-		PoolSize:              c.Redis.PoolSize,
+		// go-redis redials a refused connection 5 times, 100 ms apart, by
+		// default: longer than redis.timeout, so a stopped Redis looked
+		// like a hung one and the call that found it waited the whole
+		// timeout. One dial per attempt fails at once; MaxRetries still
+		// gives a command a second attempt.
+		DialerRetries:   1,
+		MinRetryBackoff: 8 * time.Millisecond,
+		MaxRetryBackoff: 64 * time.Millisecond,
+		PoolSize:        c.Redis.PoolSize,
 	}
 	if c.Redis.TLS {
 		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
