@@ -55,8 +55,10 @@
 // reaches the socket, and with few retries), the Redis limiter answers from
 // its fallback Local at once, sets keyproxy_ratelimit_degraded to 1 and logs
 // one line. Once per ProbeInterval (1 s) it tries Redis again: with the
-// next request if one comes, else with a PING from a goroutine that runs
-// only while degraded (Close stops it). The first success returns to Redis
+// next request if one comes, else from a goroutine that runs only while
+// degraded (Close stops it) with the script itself on a key of no user's,
+// so a Redis that answers PING but refuses the script (out of memory, read
+// only) stays one degradation. The first success returns to Redis
 // and logs that too, with or without traffic. A degraded replica is
 // limited by its own buckets: never unlimited, never an error.
 //

@@ -22,12 +22,11 @@ var gcraScript string
 const DefaultKeyPrefix = "keyproxy:rl:user:"
 
 // rediser is what the limiter needs of a go-redis client: the methods
-// redis.Script.Run uses, pipelines for batching, and PING to probe.
+// redis.Script.Run uses and pipelines for batching.
 // *redis.Client, *redis.ClusterClient and *redis.Ring satisfy it; the
 // cluster and ring pipelines split a batch by node themselves.
 type rediser interface {
 	Pipeline() redis.Pipeliner
-	Ping(ctx context.Context) *redis.StatusCmd
 	Eval(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
 	EvalSha(ctx context.Context, sha1 string, keys []string, args ...any) *redis.Cmd
 	EvalRO(ctx context.Context, script string, keys []string, args ...any) *redis.Cmd
@@ -56,7 +55,8 @@ type RedisOptions struct {
 	// its own round trip from the caller's goroutine.
 	MaxBatch int
 	// ProbeInterval is how often a degraded limiter tries Redis again
-	// (default 1s): with a request when one comes, else with a PING.
+	// (default 1s): with a request when one comes, else with the script on
+	// a key of no user's.
 	ProbeInterval time.Duration
 	// Logger receives one line when the limiter degrades and one when it
 	// recovers; nil logs nothing.
@@ -323,9 +323,8 @@ func (r *Redis) startProber() {
 	go r.probeLoop()
 }
 
-// probeLoop PINGs Redis at each probe time no request has taken, until the
-// limiter is healthy again or closed. A PING, not the script: a probe must
-// not spend anyone's budget.
+// probeLoop tries Redis at each probe time no request has taken, until the
+// limiter is healthy again or closed.
 func (r *Redis) probeLoop() {
 	defer r.probers.Done()
 	timer := time.NewTimer(r.probe)
@@ -343,15 +342,29 @@ func (r *Redis) probeLoop() {
 		if !r.degraded.Load() || !r.probeDue() {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		err := r.rdb.Ping(ctx).Err()
-		cancel()
-		if err != nil {
+		if err := r.probeScript(); err != nil {
 			r.redisErrors.Inc()
 			continue
 		}
 		r.restore()
 	}
+}
+
+// probeKey is where the prober runs the script: '#' is in no user id, so
+// a probe spends no one's budget. Its state expires a second later.
+const probeKey = "#probe"
+
+var probeArgs = []any{time.Second.Microseconds(), 1}
+
+// probeScript runs the script itself, not a PING: a Redis that answers
+// PING but refuses the script (out of memory under noeviction, a replica
+// left read-only by a failover) would otherwise be declared healthy once
+// a second and fail the next request's decision, a flap of two log lines
+// a second.
+func (r *Redis) probeScript() error {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	return r.script.Run(ctx, r.rdb, []string{r.prefix + probeKey}, probeArgs...).Err()
 }
 
 // stillDegraded reports whether the prober must go on, and when it must

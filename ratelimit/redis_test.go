@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -418,72 +417,3 @@ func TestRedis_SetPoliciesReloadsBothBackends(t *testing.T) {
 
 // An idle replica returns to Redis by itself: README promises it, and the
 // degraded alert would otherwise fire long after Redis is back.
-func TestRedis_ReturnsToRedisWithoutTraffic(t *testing.T) {
-	// Production's timeout and probe interval.
-	f := newRedisFixtureWith(t, slowPolicies(), nil, RedisOptions{})
-	ctx := testserver.Context(t)
-	admitN(f.limiter, 1, "u1", "member")
-	if f.limiter.probing() {
-		t.Fatal("probing Redis while healthy")
-	}
-	f.server.Kill()
-	f.limiter.Allow(ctx, "u1", "member")
-	if v := testutil.ToFloat64(f.limiter.degradedG); v != 1 || !f.limiter.Degraded() {
-		t.Fatalf("keyproxy_ratelimit_degraded = %v with Redis dead, want 1", v)
-	}
-
-	f.server.Start()
-	// No request from here on.
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(f.limiter.degradedG) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("keyproxy_ratelimit_degraded still 1 10s after Redis came back to an idle replica")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if f.limiter.Degraded() {
-		t.Fatal("gauge 0 but Degraded()")
-	}
-	if n := f.logs.FilterMessageSnippet("back on redis").Len(); n != 1 {
-		t.Fatalf("%d recovery log lines, want exactly 1", n)
-	}
-	waitUntil(t, "the probe stopped once healthy", func() bool { return !f.limiter.probing() })
-	// The restarted server is empty; the request the fallback admitted is
-	// charged to it.
-	if r := f.limiter.Allow(ctx, "u1", "member"); !r.Allowed || r.Remaining != 8 {
-		t.Fatalf("after recovery: %+v, want a fresh bucket less the fallback's request and this one (8 left)", r)
-	}
-}
-
-func TestRedis_CloseStopsTheProbe(t *testing.T) {
-	f := newFallbackFixture(t, slowPolicies())
-	ignore := goleak.IgnoreCurrent()
-	f.server.Kill()
-	f.limiter.Allow(context.Background(), "u1", "member")
-	if !f.limiter.Degraded() || !f.limiter.probing() {
-		t.Fatalf("degraded=%v probing=%v with Redis dead, want both", f.limiter.Degraded(), f.limiter.probing())
-	}
-	f.limiter.Close()
-	if err := goleak.Find(ignore); err != nil {
-		t.Fatalf("after Close: %v", err)
-	}
-	// Closed, a limiter still falls back, and returns on a request's
-	// probe, but a new outage starts no goroutine.
-	f.server.Start()
-	waitUntil(t, "back on Redis through a request", func() bool {
-		f.limiter.Allow(context.Background(), "u2", "member")
-		return !f.limiter.Degraded()
-	})
-	f.server.Kill()
-	f.limiter.Allow(context.Background(), "u2", "member")
-	if !f.limiter.Degraded() || f.limiter.probing() {
-		t.Fatalf("closed, Redis dead again: degraded=%v probing=%v, want degraded without a probe", f.limiter.Degraded(), f.limiter.probing())
-	}
-}
-
-// probing reports whether the prober goroutine runs.
-func (r *Redis) probing() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.prober
-}
