@@ -110,11 +110,16 @@ type RedisCache struct {
 
 	downUntil atomic.Int64 // unix nanoseconds; lookups skip Redis before it
 	failing   atomic.Bool  // for one log line per outage
+	fillUntil atomic.Int64 // unix nanoseconds; no write-backs before it
+	refusing  atomic.Bool  // for one log line while Redis refuses writes
 
 	mu      sync.Mutex
 	pending map[Hash]uint64 // invalidations Redis has not seen, by sequence
 	seq     uint64          // so a retry clears only what it sent
 	purge   bool            // pending overflowed: purge the prefix
+	// anyPending is len(pending) > 0 || purge, so that a lookup takes mu
+	// only while some invalidation has not reached Redis.
+	anyPending atomic.Bool
 
 	metrics redisCacheMetrics
 }
@@ -177,7 +182,10 @@ func (c *RedisCache) Resolve(ctx context.Context, h Hash) (Identity, error) {
 			usable = false
 		default:
 			c.recovered()
-			if id, ok := decodeRedisIdentity(v); ok {
+			// An identity whose invalidation Redis has not taken (it was
+			// down, or refused the tombstone) may be one this replica
+			// revoked: only the store can answer for it.
+			if id, ok := decodeRedisIdentity(v); ok && !c.mayBeStale(h) {
 				c.metrics.hit.Inc()
 				return id, nil
 			}
@@ -203,7 +211,7 @@ func (c *RedisCache) Resolve(ctx context.Context, h Hash) (Identity, error) {
 // tombstone of an invalidation racing it might have expired already.
 func (c *RedisCache) writeBack(ctx context.Context, h Hash, key, seen string, id Identity, took time.Duration) {
 	v, err := encodeRedisIdentity(id)
-	if err != nil || took > c.ttl/2 || c.isPending(h) {
+	if err != nil || took > c.ttl/2 || c.isPending(h) || time.Now().UnixNano() < c.fillUntil.Load() {
 		c.metrics.writeSkipped.Inc()
 		return
 	}
@@ -211,11 +219,15 @@ func (c *RedisCache) writeBack(ctx context.Context, h Hash, key, seen string, id
 	defer cancel()
 	n, err := fillScript.Run(ctx, c.rdb, []string{key}, seen, v, c.ttl.Milliseconds()).Int()
 	switch {
+	case err != nil && isRefusal(err):
+		c.metrics.writeErrors.Inc()
+		c.refused(err)
 	case err != nil:
 		c.metrics.writeErrors.Inc()
 		c.failed("write-back", err)
 	case n == 1:
 		c.metrics.writeStored.Inc()
+		c.writable()
 		c.recovered()
 	default:
 		c.metrics.writeSuperseded.Inc()
@@ -255,8 +267,13 @@ func (c *RedisCache) RetryPending(ctx context.Context) error {
 	} else {
 		err = c.tombstone(ctx, hashes)
 	}
-	if err != nil {
+	switch {
+	case err != nil && isRefusal(err):
+		c.refused(err)
+	case err != nil:
 		c.failed("invalidation", err)
+	}
+	if err != nil {
 		return fmt.Errorf("keystore: redis cache invalidation (kept for retry): %w", err)
 	}
 	c.mu.Lock()
@@ -270,7 +287,9 @@ func (c *RedisCache) RetryPending(ctx context.Context) error {
 			delete(c.pending, h)
 		}
 	}
+	c.anyPending.Store(len(c.pending) > 0 || c.purge)
 	c.mu.Unlock()
+	c.writable()
 	c.recovered()
 	return nil
 }
@@ -327,7 +346,12 @@ func (c *RedisCache) addPendingLocked(hashes []Hash) {
 		c.log.Error("too many invalidations waiting for Redis; its identity cache will be purged when it returns",
 			zap.Int("max_pending", c.maxPending))
 	}
+	c.anyPending.Store(true)
 }
+
+// mayBeStale reports whether Redis may still hold h's identity from
+// before an invalidation it has not taken.
+func (c *RedisCache) mayBeStale(h Hash) bool { return c.anyPending.Load() && c.isPending(h) }
 
 func (c *RedisCache) isPending(h Hash) bool {
 	c.mu.Lock()
@@ -356,23 +380,4 @@ func checkContextTimeouts(rdb any) error {
 		return errors.New("keystore: the redis client must be built with ContextTimeoutEnabled, or Redis calls are not bounded")
 	}
 	return nil
-}
-
-func (c *RedisCache) usable() bool { return time.Now().UnixNano() >= c.downUntil.Load() }
-
-// failed makes lookups skip Redis for a probe interval and logs the first
-// failure of an outage.
-func (c *RedisCache) failed(op string, err error) {
-	c.downUntil.Store(time.Now().Add(c.probeInterval).UnixNano())
-	if !c.failing.Swap(true) {
-		c.log.Warn("redis identity cache unavailable; reading the store", zap.String("op", op), zap.Error(err))
-	}
-}
-
-// recovered ends an outage; it only reads shared state when there is none.
-func (c *RedisCache) recovered() {
-	if c.failing.Load() && c.failing.Swap(false) {
-		c.downUntil.Store(0)
-		c.log.Info("redis identity cache available again")
-	}
 }
