@@ -261,8 +261,10 @@ func (c *Cluster) Evict(ctx context.Context, hashes []Hash) (confirmed, replicas
 	if len(hashes) == 0 {
 		return known, known
 	}
+	stale := false
 	if c.rc != nil {
 		if err := c.rc.Invalidate(ctx, hashes); err != nil {
+			stale = true
 			c.log.Warn("eviction could not reach the redis cache; it will be retried", zap.Error(err))
 		}
 	}
@@ -293,7 +295,7 @@ func (c *Cluster) Evict(ctx context.Context, hashes []Hash) (confirmed, replicas
 	}()
 
 	pctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
-	err = c.rdb.Publish(pctx, c.o.Channel, encodeEvict(msgID, c.id, hashes)).Err()
+	err = c.rdb.Publish(pctx, c.o.Channel, encodeEvict(eviction{ID: msgID, From: c.id, Hashes: hashes, RedisStale: stale})).Err()
 	cancel()
 	if err != nil {
 		c.log.Warn("eviction could not be published; other replicas stop within cache.ttl", zap.Error(err))

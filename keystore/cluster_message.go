@@ -13,11 +13,23 @@ import (
 const maxEvictHashes = 10000
 
 // evictMessage is published on the eviction channel:
-// {"id":"<msg id>","from":"<replica>","hashes":["<sha256 hex>",…]}.
+// {"id":"<msg id>","from":"<replica>","hashes":["<sha256 hex>",…]}, with
+// "redis_stale":true when the sender could not tombstone the hashes' Redis
+// entries (replicas of earlier versions ignore the field).
 type evictMessage struct {
-	ID     string   `json:"id"`
-	From   string   `json:"from"`
-	Hashes []string `json:"hashes"`
+	ID         string   `json:"id"`
+	From       string   `json:"from"`
+	Hashes     []string `json:"hashes"`
+	RedisStale bool     `json:"redis_stale,omitempty"`
+}
+
+// eviction is an eviction message, decoded.
+type eviction struct {
+	ID, From string
+	Hashes   []Hash
+	// RedisStale: Redis refused or missed the tombstones, so it may still
+	// hold the identities the eviction is about.
+	RedisStale bool
 }
 
 // ackMessage is published on the evicter's ack channel by each replica
@@ -27,9 +39,9 @@ type ackMessage struct {
 	Replica string `json:"replica"`
 }
 
-func encodeEvict(id, from string, hashes []Hash) string {
-	m := evictMessage{ID: id, From: from, Hashes: make([]string, len(hashes))}
-	for i, h := range hashes {
+func encodeEvict(e eviction) string {
+	m := evictMessage{ID: e.ID, From: e.From, Hashes: make([]string, len(e.Hashes)), RedisStale: e.RedisStale}
+	for i, h := range e.Hashes {
 		m.Hashes[i] = h.String()
 	}
 	b, _ := json.Marshal(m) // strings only: cannot fail
@@ -39,27 +51,27 @@ func encodeEvict(id, from string, hashes []Hash) string {
 // decodeEvict parses an eviction message. Anyone who can publish on Redis
 // can reach it, so every field is checked before it names a channel or a
 // cache entry.
-func decodeEvict(payload string) (id, from string, hashes []Hash, err error) {
+func decodeEvict(payload string) (eviction, error) {
 	var m evictMessage
 	if err := json.Unmarshal([]byte(payload), &m); err != nil {
-		return "", "", nil, fmt.Errorf("keystore: eviction message: %w", err)
+		return eviction{}, fmt.Errorf("keystore: eviction message: %w", err)
 	}
 	if !validMessageID(m.ID) || !ValidReplicaID(m.From) {
-		return "", "", nil, errors.New("keystore: eviction message: bad id or sender")
+		return eviction{}, errors.New("keystore: eviction message: bad id or sender")
 	}
 	if len(m.Hashes) > maxEvictHashes {
-		return "", "", nil, fmt.Errorf("keystore: eviction message: %d hashes", len(m.Hashes))
+		return eviction{}, fmt.Errorf("keystore: eviction message: %d hashes", len(m.Hashes))
 	}
-	hashes = make([]Hash, len(m.Hashes))
+	hashes := make([]Hash, len(m.Hashes))
 	for i, s := range m.Hashes {
 		if len(s) != 2*len(Hash{}) {
-			return "", "", nil, errors.New("keystore: eviction message: bad hash")
+			return eviction{}, errors.New("keystore: eviction message: bad hash")
 		}
 		if _, err := hex.Decode(hashes[i][:], []byte(s)); err != nil {
-			return "", "", nil, errors.New("keystore: eviction message: bad hash")
+			return eviction{}, errors.New("keystore: eviction message: bad hash")
 		}
 	}
-	return m.ID, m.From, hashes, nil
+	return eviction{ID: m.ID, From: m.From, Hashes: hashes, RedisStale: m.RedisStale}, nil
 }
 
 func encodeAck(id, replica string) string {

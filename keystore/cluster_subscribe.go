@@ -121,22 +121,29 @@ func (c *Cluster) session(ctx context.Context, first chan struct{}) error {
 
 // onEvict drops the hashes another replica evicted and acknowledges it.
 // The ack is sent inline: it is one bounded call, and the order of
-// messages on the subscription is kept.
+// messages on the subscription is kept. When the sender could not
+// tombstone the hashes in Redis, this replica's Redis cache stops
+// trusting their entries first (and retries the tombstones with each
+// heartbeat): Redis may still hold the identities, and the ack promises
+// the key is refused here.
 func (c *Cluster) onEvict(ctx context.Context, payload string) {
-	msgID, from, hashes, err := decodeEvict(payload)
+	e, err := decodeEvict(payload)
 	if err != nil {
 		c.metrics.invalidMessages.Inc()
 		c.log.Warn("ignoring a malformed eviction message", zap.Error(err))
 		return
 	}
-	if from == c.id {
+	if e.From == c.id {
 		return // Evict dropped them before publishing
 	}
-	c.local.Invalidate(hashes...)
+	if e.RedisStale && c.rc != nil {
+		c.rc.distrust(e.Hashes)
+	}
+	c.local.Invalidate(e.Hashes...)
 	actx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
-	if err := c.rdb.Publish(actx, c.o.AckChannelPrefix+from, encodeAck(msgID, c.id)).Err(); err != nil {
-		c.log.Warn("could not acknowledge an eviction (applied locally)", zap.String("from", from), zap.Error(err))
+	if err := c.rdb.Publish(actx, c.o.AckChannelPrefix+e.From, encodeAck(e.ID, c.id)).Err(); err != nil {
+		c.log.Warn("could not acknowledge an eviction (applied locally)", zap.String("from", e.From), zap.Error(err))
 	}
 }
 

@@ -240,12 +240,21 @@ func (c *RedisCache) writeBack(ctx context.Context, h Hash, key, seen string, id
 // are remembered, kept from being written back, and retried by
 // RetryPending (or the next Invalidate); the error is returned.
 func (c *RedisCache) Invalidate(ctx context.Context, hashes []Hash) error {
-	if len(hashes) > 0 {
-		c.mu.Lock()
-		c.addPendingLocked(hashes)
-		c.mu.Unlock()
-	}
+	c.distrust(hashes)
 	return c.RetryPending(ctx)
+}
+
+// distrust records hashes whose Redis entries another replica could not
+// tombstone, as if this cache's own invalidation had failed: lookups read
+// the store for them and fills skip them until RetryPending lands the
+// tombstones. It does no I/O, so an ack can follow at once.
+func (c *RedisCache) distrust(hashes []Hash) {
+	if len(hashes) == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.addPendingLocked(hashes)
+	c.mu.Unlock()
 }
 
 // RetryPending sends the invalidations Redis has not seen. The cluster's

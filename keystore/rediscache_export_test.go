@@ -10,3 +10,6 @@ var (
 	DecodeAck           = decodeAck
 	EncodeAck           = encodeAck
 )
+
+// Eviction is the decoded eviction message the codecs above take.
+type Eviction = eviction

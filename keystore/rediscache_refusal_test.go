@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -34,12 +35,14 @@ func newRefusalFixture(t *testing.T) (*rcFixture, *observer.ObservedLogs) {
 // refuseWrites makes Redis answer reads and refuse writes, as it does out
 // of memory under the noeviction policy the cache asks for (a replica left
 // read-only by a failover refuses them the same way).
-func (f *rcFixture) refuseWrites(t *testing.T, refuse bool) {
+func (f *rcFixture) refuseWrites(t *testing.T, refuse bool) { refuseWrites(t, f.rdb, refuse) }
+
+func refuseWrites(t *testing.T, rdb *redis.Client, refuse bool) {
 	t.Helper()
 	ctx := redisCtx(t)
 	limit := map[bool]string{true: "1", false: "0"}[refuse]
 	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", limit}} {
-		if err := f.rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
 			t.Fatalf("CONFIG SET %s %s: %v", kv[0], kv[1], err)
 		}
 	}
