@@ -60,7 +60,11 @@ func (c *Cluster) beat(ctx context.Context) {
 		err = c.rdb.Ping(bctx).Err()
 	}
 	if err != nil {
-		if c.redisUp.Swap(false) {
+		switch {
+		case !c.redisUp.Swap(false):
+		case isRefusal(err):
+			c.log.Warn("redis refuses the heartbeat (out of memory, or read-only): other replicas stop waiting for this one; its evictions and acks still pass", zap.Error(err))
+		default:
 			c.log.Warn("redis not answering (down, or slower than redis.timeout): evictions reach other replicas within cache.ttl only", zap.Error(err))
 		}
 		c.metrics.redisUp.Set(0)
