@@ -1,0 +1,53 @@
+package main
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestCluster_RevocationHoldsWhileRedisIsFull: out of memory under
+// noeviction (the policy keyproxy asks for), Redis refuses the tombstones
+// of a revocation but still carries the eviction and the acks, and still
+// holds the key's identity. DELETE reports both replicas, and both refuse
+// the key at once; valid keys keep working on the local limiter.
+func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
+	a, b, rs, _ := twoReplicas(t)
+	key, id := createKey(t, a, "usr_full", "team_full")
+	other, _ := createKey(t, a, "usr_full2", "team_full")
+	for _, in := range []*instance{a, b} {
+		if got := status(t, in, key); got != http.StatusOK {
+			t.Fatalf("before Redis filled up: %d", got)
+		}
+	}
+	setMaxmemory := func(limit string) {
+		t.Helper()
+		for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", limit}} {
+			if reply, err := rs.Do("CONFIG", "SET", kv[0], kv[1]); err != nil || !strings.HasPrefix(reply, "+OK") {
+				t.Fatalf("CONFIG SET %s %s: %q %v", kv[0], kv[1], reply, err)
+			}
+		}
+	}
+	setMaxmemory("1")
+	resp, body := a.admin(t, http.MethodDelete, "/admin/v1/keys/"+id, nil)
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("revoke with Redis full: %d %s", resp.StatusCode, body)
+	}
+	if acks := resp.Header.Get("Keyproxy-Revocation-Acks"); acks != "2/2" {
+		t.Fatalf("Keyproxy-Revocation-Acks = %q with Redis full, want 2/2: evictions and acks are PUBLISHes, which it takes", acks)
+	}
+	for name, in := range map[string]*instance{"A": a, "B": b} {
+		if got := status(t, in, key); got != http.StatusUnauthorized {
+			t.Errorf("%s admitted the key revoked while Redis is full: %d", name, got)
+		}
+		if got := status(t, in, other); got != http.StatusOK {
+			t.Errorf("%s refused a valid key while Redis is full: %d", name, got)
+		}
+	}
+	setMaxmemory("0")
+	for name, in := range map[string]*instance{"A": a, "B": b} {
+		if got := status(t, in, key); got != http.StatusUnauthorized {
+			t.Errorf("%s admitted the revoked key once Redis took writes again: %d", name, got)
+		}
+	}
+}
