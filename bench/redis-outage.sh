@@ -24,7 +24,14 @@ trap cleanup EXIT
 go build -o "$dir/keyproxy" ./cmd/keyproxy
 go build -o "$dir/loadbench" ./bench/cmd/loadbench
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# port picks a loopback port below the ephemeral range that nothing listens on.
+port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 10000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
 rport=$(port) uport=$(port) pport=$(port) aport=$(port)
 redis() { redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no "$@" >/dev/null & rpid=$!; pids+=("$rpid"); }
 redis
