@@ -19,7 +19,7 @@ func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
 type checkResult struct {
 	Name   string `json:"name"`
 	Status string `json:"status"`           // "ok", "fail" or "degraded"
-	Reason string `json:"reason,omitempty"` // "unavailable" (refused, unreachable), "timeout" or "error"
+	Reason string `json:"reason,omitempty"` // "unavailable" (no connection), "timeout", "refused" (answers, refuses writes) or "error"
 }
 
 // readyz runs every check at once, each bounded by readyTimeout. The answer
@@ -71,6 +71,8 @@ func reason(ctx context.Context, err error) string {
 		return "timeout"
 	case errors.Is(err, keystore.ErrUnavailable):
 		return "unavailable"
+	case errors.Is(err, keystore.ErrRedisRefused):
+		return "refused"
 	}
 	return "error"
 }

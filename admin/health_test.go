@@ -58,6 +58,9 @@ func TestReadyz_NamesTheFailingCheck(t *testing.T) {
 		{"degrading check down keeps the replica ready", []admin.ReadinessCheck{{Name: "redis", Degrades: true, Check: func(context.Context) error {
 			return fmt.Errorf("ping: %w", keystore.ErrUnavailable)
 		}}}, false, 200, "store:ok:,redis:degraded:unavailable"},
+		{"Redis that refuses writes degrades", []admin.ReadinessCheck{{Name: "redis", Degrades: true, Check: func(context.Context) error {
+			return keystore.ErrRedisRefused
+		}}}, false, 200, "store:ok:,redis:degraded:refused"},
 		{"store down wins over a degraded check", []admin.ReadinessCheck{{Name: "redis", Degrades: true, Check: func(context.Context) error {
 			return errors.New("refused")
 		}}}, true, 503, "store:fail:unavailable,redis:degraded:error"},

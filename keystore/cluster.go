@@ -87,6 +87,7 @@ type Cluster struct {
 	subscribed     atomic.Bool  // the eviction channel subscription is confirmed
 	everSubscribed atomic.Bool  // registration starts only after the first
 	redisUp        atomic.Bool  // the last heartbeat reached Redis
+	writesRefused  atomic.Bool  // Redis answered the last heartbeat with a refusal
 	knownReplicas  atomic.Int64 // live replicas at the last heartbeat
 
 	stop    chan struct{}
@@ -229,12 +230,21 @@ func (c *Cluster) Close() error {
 // gating readiness on it would take every replica out when Redis fails.
 func (c *Cluster) Healthy() bool { return c.subscribed.Load() && c.redisUp.Load() }
 
-// Ping checks that Redis answers within the timeout.
+// ErrRedisRefused is Ping's answer when Redis answers but refused the
+// last heartbeat: out of memory under noeviction, or read-only after a
+// failover. PING alone would call such a Redis healthy.
+var ErrRedisRefused = errors.New("keystore: redis refuses writes (out of memory, or read-only)")
+
+// Ping checks that Redis answers within the timeout and took the last
+// heartbeat's write.
 func (c *Cluster) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
 	if err := c.rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("keystore: redis ping: %w", err)
+	}
+	if c.writesRefused.Load() {
+		return ErrRedisRefused
 	}
 	return nil
 }

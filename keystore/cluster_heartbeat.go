@@ -59,6 +59,7 @@ func (c *Cluster) beat(ctx context.Context) {
 	} else {
 		err = c.rdb.Ping(bctx).Err()
 	}
+	c.writesRefused.Store(err != nil && isRefusal(err))
 	if err != nil {
 		switch {
 		case !c.redisUp.Swap(false):

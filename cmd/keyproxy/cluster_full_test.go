@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCluster_RevocationHoldsWhileRedisIsFull: out of memory under
@@ -28,7 +29,15 @@ func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 			}
 		}
 	}
+	readyz := func(in *instance) string {
+		_, body := do(t, mustRequest(t, http.MethodGet, in.adminURL+"/readyz"))
+		return string(body)
+	}
 	setMaxmemory("1")
+	// PING still answers; the heartbeat's refused write is what tells.
+	waitFor(t, 5*time.Second, "/readyz names Redis degraded, refusing writes", func() bool {
+		return strings.Contains(readyz(b), `{"name":"redis","status":"degraded","reason":"refused"}`)
+	})
 	resp, body := a.admin(t, http.MethodDelete, "/admin/v1/keys/"+id, nil)
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("revoke with Redis full: %d %s", resp.StatusCode, body)
@@ -45,6 +54,9 @@ func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 		}
 	}
 	setMaxmemory("0")
+	waitFor(t, 5*time.Second, "/readyz ok once Redis takes writes", func() bool {
+		return strings.HasPrefix(readyz(b), `{"status":"ok"`)
+	})
 	for name, in := range map[string]*instance{"A": a, "B": b} {
 		if got := status(t, in, key); got != http.StatusUnauthorized {
 			t.Errorf("%s admitted the revoked key once Redis took writes again: %d", name, got)
