@@ -350,11 +350,10 @@ func (r *Redis) probeLoop() {
 	}
 }
 
-// probeKey is where the prober runs the script: '#' is in no user id, so
-// a probe spends no one's budget. Its state expires a second later.
+// probeKey is where the prober runs the script, one request a second with
+// a burst of one: '#' is in no user id, so a probe spends no one's budget,
+// and its state expires a second later.
 const probeKey = "#probe"
-
-var probeArgs = []any{time.Second.Microseconds(), 1}
 
 // probeScript runs the script itself, not a PING: a Redis that answers
 // PING but refuses the script (out of memory under noeviction, a replica
@@ -364,7 +363,7 @@ var probeArgs = []any{time.Second.Microseconds(), 1}
 func (r *Redis) probeScript() error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
-	return r.script.Run(ctx, r.rdb, []string{r.prefix + probeKey}, probeArgs...).Err()
+	return r.script.Run(ctx, r.rdb, []string{r.prefix + probeKey}, time.Second.Microseconds(), 1).Err()
 }
 
 // stillDegraded reports whether the prober must go on, and when it must
