@@ -11,7 +11,8 @@ import (
 // noeviction (the policy keyproxy asks for), Redis refuses the tombstones
 // of a revocation but still carries the eviction and the acks, and still
 // holds the key's identity. DELETE reports both replicas, and both refuse
-// the key at once; valid keys keep working on the local limiter.
+// the key at once; valid keys, old and new, keep working on the local
+// limiter.
 func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 	a, b, rs, _ := twoReplicas(t)
 	key, id := createKey(t, a, "usr_full", "team_full")
@@ -52,6 +53,11 @@ func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 		if got := status(t, in, other); got != http.StatusOK {
 			t.Errorf("%s refused a valid key while Redis is full: %d", name, got)
 		}
+	}
+	// Made while Redis is full: the store has it, and B resolves it there.
+	fresh, _ := createKey(t, a, "usr_full3", "team_full")
+	if got := status(t, b, fresh); got != http.StatusOK {
+		t.Errorf("B refused a key made on A while Redis is full: %d", got)
 	}
 	setMaxmemory("0")
 	waitFor(t, 5*time.Second, "/readyz ok once Redis takes writes", func() bool {
