@@ -29,7 +29,7 @@ func TestCluster_EvictWhileRedisRefusesWrites(t *testing.T) {
 	if v, err := rdb.Get(ctx, entry).Result(); err != nil || !strings.Contains(v, k.ID) {
 		t.Fatalf("Redis holds %q, %v: the test needs the identity cached there", v, err)
 	}
-	refuseWrites(t, rdb, true)
+	srv.Fill(t, true)
 	if _, err := store.RevokeKey(ctx, k.ID, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +46,7 @@ func TestCluster_EvictWhileRedisRefusesWrites(t *testing.T) {
 		}
 	}
 
-	refuseWrites(t, rdb, false)
+	srv.Fill(t, false)
 	eventually(t, 5*time.Second, "the heartbeat's retry writes the tombstone", func() bool {
 		v, _ := rdb.Get(ctx, entry).Result()
 		return strings.HasPrefix(v, "tombstone:")

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -32,22 +31,6 @@ func newRefusalFixture(t *testing.T) (*rcFixture, *observer.ObservedLogs) {
 	return f, logs
 }
 
-// refuseWrites makes Redis answer reads and refuse writes, as it does out
-// of memory under the noeviction policy the cache asks for (a replica left
-// read-only by a failover refuses them the same way).
-func (f *rcFixture) refuseWrites(t *testing.T, refuse bool) { refuseWrites(t, f.rdb, refuse) }
-
-func refuseWrites(t *testing.T, rdb *redis.Client, refuse bool) {
-	t.Helper()
-	ctx := redisCtx(t)
-	limit := map[bool]string{true: "1", false: "0"}[refuse]
-	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", limit}} {
-		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
-			t.Fatalf("CONFIG SET %s %s: %v", kv[0], kv[1], err)
-		}
-	}
-}
-
 // TestRedisCache_RevokedWhileRedisRefusesWrites: the revocation's
 // tombstone cannot be written, so Redis still holds the key's identity.
 // Until the invalidation reaches Redis, this cache must not answer for
@@ -59,7 +42,7 @@ func TestRedisCache_RevokedWhileRedisRefusesWrites(t *testing.T) {
 	if _, err := f.rc.Resolve(ctx, k.Hash); err != nil {
 		t.Fatal(err)
 	}
-	f.refuseWrites(t, true)
+	f.srv.Fill(t, true)
 	if _, err := f.store.RevokeKey(ctx, k.ID, time.Now()); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +66,7 @@ func TestRedisCache_RevokedWhileRedisRefusesWrites(t *testing.T) {
 	if n := logs.FilterMessageSnippet("unavailable").Len(); n != 0 {
 		t.Errorf("%d outage log lines while Redis answered, want 0", n)
 	}
-	f.refuseWrites(t, false)
+	f.srv.Fill(t, false)
 	if err := f.rc.RetryPending(ctx); err != nil {
 		t.Fatalf("RetryPending once Redis takes writes: %v", err)
 	}
@@ -105,7 +88,7 @@ func TestRedisCache_RefusedWritesAreNotAnOutage(t *testing.T) {
 	if _, err := f.rc.Resolve(ctx, cached.Hash); err != nil {
 		t.Fatal(err)
 	}
-	f.refuseWrites(t, true)
+	f.srv.Fill(t, true)
 	hits := f.requests(t, "hit")
 	for i := range 20 {
 		fresh := clKey(t, f.store, "team_a", fmt.Sprintf("user_%d", i))
@@ -127,7 +110,7 @@ func TestRedisCache_RefusedWritesAreNotAnOutage(t *testing.T) {
 			t.Errorf("%d %q log lines while Redis answered every lookup, want 0", n, msg)
 		}
 	}
-	f.refuseWrites(t, false)
+	f.srv.Fill(t, false)
 	eventually(t, 5*time.Second, "a fill stored once Redis takes writes", func() bool {
 		k := clKey(t, f.store, "team_a", "user_later")
 		_, err := f.rc.Resolve(ctx, k.Hash)

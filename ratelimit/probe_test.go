@@ -90,11 +90,7 @@ func TestRedis_StaysDegradedWhileRedisRefusesTheScript(t *testing.T) {
 	f := newFallbackFixture(t, slowPolicies())
 	ctx := testserver.Context(t)
 	admitN(f.limiter, 1, "u1", "member")
-	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", "1"}} {
-		if err := f.client.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
-			t.Fatalf("CONFIG SET %s %s: %v", kv[0], kv[1], err)
-		}
-	}
+	f.server.Fill(t, true)
 	if err := f.client.Ping(ctx).Err(); err != nil {
 		t.Fatalf("PING out of memory: %v, want PONG: the case under test is a Redis that answers it", err)
 	}
@@ -124,9 +120,7 @@ func TestRedis_StaysDegradedWhileRedisRefusesTheScript(t *testing.T) {
 		t.Fatalf("%v failed probes in a second of 100 ms probe intervals, want several: the test did not probe", probes)
 	}
 
-	if err := f.client.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
-		t.Fatal(err)
-	}
+	f.server.Fill(t, false)
 	// No request from here on: the prober alone finds the script working.
 	waitUntil(t, "back on Redis once the script runs", func() bool { return !f.limiter.Degraded() })
 	if n := f.logs.FilterMessageSnippet("back on redis").Len(); n != 1 {

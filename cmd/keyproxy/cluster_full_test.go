@@ -22,19 +22,11 @@ func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 			t.Fatalf("before Redis filled up: %d", got)
 		}
 	}
-	setMaxmemory := func(limit string) {
-		t.Helper()
-		for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", limit}} {
-			if reply, err := rs.Do("CONFIG", "SET", kv[0], kv[1]); err != nil || !strings.HasPrefix(reply, "+OK") {
-				t.Fatalf("CONFIG SET %s %s: %q %v", kv[0], kv[1], reply, err)
-			}
-		}
-	}
 	readyz := func(in *instance) string {
 		_, body := do(t, mustRequest(t, http.MethodGet, in.adminURL+"/readyz"))
 		return string(body)
 	}
-	setMaxmemory("1")
+	rs.Fill(t, true)
 	// PING still answers; the heartbeat's refused write is what tells.
 	waitFor(t, 5*time.Second, "/readyz names Redis degraded, refusing writes", func() bool {
 		return strings.Contains(readyz(b), `{"name":"redis","status":"degraded","reason":"refused"}`)
@@ -59,7 +51,7 @@ func TestCluster_RevocationHoldsWhileRedisIsFull(t *testing.T) {
 	if got := status(t, b, fresh); got != http.StatusOK {
 		t.Errorf("B refused a key made on A while Redis is full: %d", got)
 	}
-	setMaxmemory("0")
+	rs.Fill(t, false)
 	waitFor(t, 5*time.Second, "/readyz ok once Redis takes writes", func() bool {
 		return strings.HasPrefix(readyz(b), `{"status":"ok"`)
 	})

@@ -129,6 +129,19 @@ func (r *Redis) Do(args ...string) (string, error) {
 	return string(buf[:n]), nil
 }
 
+// Fill makes the server answer reads and PUBLISH but refuse writes, as a
+// Redis out of memory under the noeviction policy does (and a replica left
+// read-only by a failover, for writes); Fill(false) lifts it.
+func (r *Redis) Fill(tb testing.TB, full bool) {
+	tb.Helper()
+	limit := map[bool]string{true: "1", false: "0"}[full]
+	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", limit}} {
+		if reply, err := r.Do("CONFIG", "SET", kv[0], kv[1]); err != nil || !strings.HasPrefix(reply, "+OK") {
+			tb.Fatalf("CONFIG SET %s %s: %q %v", kv[0], kv[1], reply, err)
+		}
+	}
+}
+
 func redisPing(addr string) error {
 	conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 	if err != nil {
