@@ -100,7 +100,13 @@ type Redis struct {
 	degradedG   prometheus.Gauge
 	redisErrors prometheus.Counter
 	charged     prometheus.Counter
+	wait        prometheus.Histogram
 }
+
+// waitBuckets resolve the tens of microseconds a round trip to a nearby
+// Redis takes, up to past the default timeout: the wait is what the
+// shared limiter adds to a request's latency.
+var waitBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25}
 
 // NewRedis returns a limiter applying p on rdb, answering from fallback
 // when Redis is unavailable. It sets p on fallback too, so the two never
@@ -147,6 +153,11 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 		charged: register(o.Registerer, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keyproxy_ratelimit_fallback_charged_total",
 			Help: "Requests the local fallback admitted that were charged to the user's shared budget in Redis once it answered again.",
+		})),
+		wait: register(o.Registerer, prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keyproxy_ratelimit_redis_wait_seconds",
+			Help:    "How long a request waited for its rate-limit decision from Redis, queueing for a pipeline included, whether Redis answered or not.",
+			Buckets: waitBuckets,
 		})),
 	}
 	if o.MaxBatch > 1 {
@@ -201,7 +212,9 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	pol := r.policies.Load().forRole(role)
 	b := r.fallback.bucket(userID, pol)
 	owed := b.takeOwed(r.fallback.now)
+	start := time.Now()
 	res, err := r.allow(ctx, userID, pol, owed)
+	r.wait.Observe(time.Since(start).Seconds())
 	if err != nil {
 		b.owe(owed, r.fallback.now)
 		r.redisErrors.Inc()
