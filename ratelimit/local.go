@@ -168,6 +168,10 @@ type bucket struct {
 	// lock when it is 0; owedSince is mu's.
 	owed      atomic.Int64
 	owedSince time.Time
+	// share is how many requests the bucket may still admit without
+	// Redis, granted at shareAt (share.go); mu's.
+	share   int
+	shareAt time.Time
 }
 
 func newBucket(pol *policy) *bucket {

@@ -21,14 +21,24 @@ func (d decisionCounters) count(allowed bool) {
 }
 
 func newDecisionCounters(reg prometheus.Registerer, backend string) decisionCounters {
-	vec := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "keyproxy_ratelimit_decisions_total",
-		Help: "Rate-limit decisions by the backend that made them and their result.",
-	}, []string{"backend", "result"}))
+	vec := decisionsVec(reg)
 	return decisionCounters{
 		allowed: vec.WithLabelValues(backend, "allowed"),
 		limited: vec.WithLabelValues(backend, "limited"),
 	}
+}
+
+// newShareCounter counts the requests a Redis limiter admitted from a
+// user's share (share.go): a share never refuses, Redis does.
+func newShareCounter(reg prometheus.Registerer) prometheus.Counter {
+	return decisionsVec(reg).WithLabelValues("share", "allowed")
+}
+
+func decisionsVec(reg prometheus.Registerer) *prometheus.CounterVec {
+	return register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "keyproxy_ratelimit_decisions_total",
+		Help: "Rate-limit decisions by the backend that made them and their result.",
+	}, []string{"backend", "result"}))
 }
 
 // register registers c, or returns the collector already registered under

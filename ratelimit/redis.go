@@ -50,6 +50,14 @@ type RedisOptions struct {
 	// batch waits for as long as its latest caller. The client must be
 	// built with ContextTimeoutEnabled for go-redis to honour it.
 	Timeout time.Duration
+	// ShareDivisor sets the share of a user's budget a replica may spend
+	// without Redis while the user is far from the limit: what Redis
+	// reported left, divided by it (default DefaultShareDivisor; share.go).
+	// A negative value turns shares off: every decision is Redis's.
+	ShareDivisor int
+	// ShareTTL is how long a share may be spent after Redis granted it
+	// (default DefaultShareTTL).
+	ShareTTL time.Duration
 	// MaxBatch caps how many concurrent decisions share one pipeline
 	// (default DefaultMaxBatch). 1 turns batching off: each decision makes
 	// its own round trip from the caller's goroutine.
@@ -97,6 +105,9 @@ type Redis struct {
 	probers sync.WaitGroup
 
 	decisions   decisionCounters
+	shared      prometheus.Counter
+	shareDiv    int
+	shareTTL    time.Duration
 	degradedG   prometheus.Gauge
 	redisErrors prometheus.Counter
 	charged     prometheus.Counter
@@ -132,6 +143,15 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = DefaultMaxBatch
 	}
+	switch {
+	case o.ShareDivisor == 0:
+		o.ShareDivisor = DefaultShareDivisor
+	case o.ShareDivisor < 0:
+		o.ShareDivisor = 0
+	}
+	if o.ShareTTL <= 0 {
+		o.ShareTTL = DefaultShareTTL
+	}
 	r := &Redis{
 		rdb:       rdb,
 		script:    redis.NewScript(gcraScript),
@@ -142,6 +162,9 @@ func NewRedis(rdb rediser, p Policies, fallback *Local, o RedisOptions) *Redis {
 		fallback:  fallback,
 		stop:      make(chan struct{}),
 		decisions: newDecisionCounters(o.Registerer, "redis"),
+		shared:    newShareCounter(o.Registerer),
+		shareDiv:  o.ShareDivisor,
+		shareTTL:  o.ShareTTL,
 		degradedG: register(o.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "keyproxy_ratelimit_degraded",
 			Help: "1 while the Redis rate limiter answers from its local fallback.",
@@ -211,6 +234,10 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	}
 	pol := r.policies.Load().forRole(role)
 	b := r.fallback.bucket(userID, pol)
+	if res, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
+		r.shared.Inc()
+		return res
+	}
 	owed := b.takeOwed(r.fallback.now)
 	start := time.Now()
 	res, err := r.allow(ctx, userID, pol, owed)
@@ -227,6 +254,9 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	r.restore()
 	r.decisions.count(res.Allowed)
 	b.follow(pol, res.ResetAfter, r.fallback.now)
+	if res.Allowed {
+		b.grantShare(pol, res.Remaining, r.shareDiv, r.fallback.now)
+	}
 	return res
 }
 

@@ -199,10 +199,25 @@ func TestRedis_WebAppRunningTheScriptSharesTheBudget(t *testing.T) {
 }
 
 func TestRedis_TwoReplicasStayWithinThePolicy(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		lim  Limit
+	}{
+		// The burst covers 250 ms without a request (a stalled CI
+		// machine), which a full bucket would otherwise waste.
+		{"burst 100: shares of at most 6", Limit{Requests: 400, Per: time.Second, Burst: 100}},
+		// Shares of up to maxShare each, decided on views the other
+		// replica has since spent from.
+		{"burst 2000: shares of up to 64", Limit{Requests: 1000, Per: time.Second, Burst: 2000}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			twoReplicasWithinPolicy(t, tt.lim)
+		})
+	}
+}
+
+func twoReplicasWithinPolicy(t *testing.T, lim Limit) {
 	server := testserver.StartRedis(t)
-	// The burst covers 250 ms without a request (a stalled CI machine),
-	// which a full bucket would otherwise waste.
-	lim := Limit{Requests: 400, Per: time.Second, Burst: 100}
 	p := Policies{Default: lim}
 	o := RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour}
 	replicas := []*Redis{
@@ -226,16 +241,21 @@ func TestRedis_TwoReplicasStayWithinThePolicy(t *testing.T) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	var shared float64
 	for i, r := range replicas {
 		if n := testutil.ToFloat64(r.redisErrors); n != 0 {
 			t.Fatalf("replica %d had %v redis errors during the run", i, n)
 		}
+		shared += testutil.ToFloat64(r.shared)
 	}
 	expected := float64(lim.Burst) + float64(lim.Requests)*elapsed.Seconds()
 	ratio := float64(admitted.Load()) / expected
-	t.Logf("two replicas on one redis: %d calls, admitted %d, expected %.0f (ratio %.4f)", calls.Load(), admitted.Load(), expected, ratio)
+	t.Logf("two replicas on one redis: %d calls, admitted %d (%.0f from shares), expected %.0f (ratio %.4f)", calls.Load(), admitted.Load(), shared, expected, ratio)
 	if ratio < 0.95 || ratio > 1.05 {
 		t.Fatalf("admitted/expected = %.4f, want within 5%%", ratio)
+	}
+	if shared == 0 {
+		t.Error("no request was admitted from a share")
 	}
 }
 
@@ -384,6 +404,7 @@ keyproxy_ratelimit_decisions_total{backend="local",result="allowed"} 10
 keyproxy_ratelimit_decisions_total{backend="local",result="limited"} 2
 keyproxy_ratelimit_decisions_total{backend="redis",result="allowed"} 10
 keyproxy_ratelimit_decisions_total{backend="redis",result="limited"} 2
+keyproxy_ratelimit_decisions_total{backend="share",result="allowed"} 0
 # HELP keyproxy_ratelimit_degraded 1 while the Redis rate limiter answers from its local fallback.
 # TYPE keyproxy_ratelimit_degraded gauge
 keyproxy_ratelimit_degraded 1

@@ -186,9 +186,11 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		local := ratelimit.NewLocal(policies(cfg), ratelimit.LocalOptions{Registerer: reg})
 		a.local, a.limiter = local, local
 		if a.redis != nil {
-			a.shared = ratelimit.NewRedis(a.redis, policies(cfg), local, ratelimit.RedisOptions{
-				Timeout: cfg.Redis.Timeout, Logger: logger.Named("ratelimit"), Registerer: reg,
-			})
+			o := ratelimit.RedisOptions{Timeout: cfg.Redis.Timeout, Logger: logger.Named("ratelimit"), Registerer: reg}
+			if !cfg.RateLimit.LocalShare {
+				o.ShareDivisor = -1
+			}
+			a.shared = ratelimit.NewRedis(a.redis, policies(cfg), local, o)
 			a.limiter = a.shared
 		}
 		pcfg.Limiter = a.limiter

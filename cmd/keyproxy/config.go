@@ -84,6 +84,9 @@ type Config struct {
 		Enabled bool                       `mapstructure:"enabled"`
 		Default ratelimit.Limit            `mapstructure:"default"`
 		Roles   map[string]ratelimit.Limit `mapstructure:"roles"`
+		// LocalShare lets a replica decide part of a user's requests
+		// without Redis while the user is far from the limit.
+		LocalShare bool `mapstructure:"local_share"`
 	} `mapstructure:"ratelimit"`
 	Audit struct {
 		Sinks     []string      `mapstructure:"sinks"`
@@ -149,6 +152,7 @@ func setDefaults(v *viper.Viper) {
 	v.SetDefault("keys.last_used_interval", 30*time.Second)
 	v.SetDefault("headers.prefix", "X-Wevion-")
 	v.SetDefault("ratelimit.enabled", true)
+	v.SetDefault("ratelimit.local_share", true)
 	v.SetDefault("ratelimit.default.requests", 600)
 	v.SetDefault("ratelimit.default.per", time.Minute)
 	v.SetDefault("ratelimit.default.burst", 100)

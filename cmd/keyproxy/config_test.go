@@ -53,6 +53,7 @@ func TestLoadConfig_DefaultsMatchDesign(t *testing.T) {
 		{"ratelimit.default.per", cfg.RateLimit.Default.Per, time.Minute},
 		{"ratelimit.default.burst", cfg.RateLimit.Default.Burst, 100},
 		{"ratelimit.roles.super_admin.requests", cfg.RateLimit.Roles["super_admin"].Requests, 1200},
+		{"ratelimit.local_share", cfg.RateLimit.LocalShare, true},
 		{"audit.sinks", cfg.Audit.Sinks, []string{"log", "store"}},
 		{"audit.retention", cfg.Audit.Retention, 2160 * time.Hour},
 		{"revocation.ack_timeout", cfg.Revocation.AckTimeout, 2 * time.Second},
@@ -104,6 +105,7 @@ func TestLoadConfig_EnvironmentOverridesFile(t *testing.T) {
 		"KEYPROXY_ADMIN_TOKENS=aaaaaaaaaaaaaaaa1,bbbbbbbbbbbbbbbb2",
 		"KEYPROXY_CACHE_TTL=3s",
 		"KEYPROXY_RATELIMIT_DEFAULT_REQUESTS=42",
+		"KEYPROXY_RATELIMIT_LOCAL_SHARE=false",
 		"KEYPROXY_TEST_POSTGRES_DSN=postgres://ignored",
 	})
 	if err != nil {
@@ -126,6 +128,9 @@ func TestLoadConfig_EnvironmentOverridesFile(t *testing.T) {
 	}
 	if cfg.RateLimit.Default.Requests != 42 {
 		t.Errorf("ratelimit.default.requests = %d", cfg.RateLimit.Default.Requests)
+	}
+	if cfg.RateLimit.LocalShare {
+		t.Error("ratelimit.local_share = true, the environment set false")
 	}
 }
 
