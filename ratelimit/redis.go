@@ -229,14 +229,18 @@ func (r *Redis) Degraded() bool { return r.degraded.Load() }
 // takes from the user's budget if it is admitted. It never fails: when
 // Redis cannot answer within the timeout the fallback decides.
 func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
-	if r.degraded.Load() && !r.probeDue() {
+	degraded := r.degraded.Load()
+	if degraded && !r.probeDue() {
 		return r.fallback.allow(userID, role, true)
 	}
 	pol := r.policies.Load().forRole(role)
 	b := r.fallback.bucket(userID, pol)
-	if res, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
-		r.shared.Inc()
-		return res
+	// A degraded limiter spends no share: this request is its probe.
+	if !degraded {
+		if res, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
+			r.shared.Inc()
+			return res
+		}
 	}
 	owed := b.takeOwed(r.fallback.now)
 	start := time.Now()

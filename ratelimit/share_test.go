@@ -95,3 +95,29 @@ func TestRedisShare_NotSpentAfterARoleChange(t *testing.T) {
 		t.Fatal("the first request after the role changed was not decided by Redis")
 	}
 }
+
+// While degraded, a share granted before is not spent: a request due to
+// probe Redis probes it, and the rest are the fallback's, as without
+// shares.
+func TestRedisShare_NotSpentWhileDegraded(t *testing.T) {
+	big := Limit{Requests: 1600, Per: time.Hour, Burst: 1600}
+	const probe = 20 * time.Millisecond
+	f := newRedisFixtureWith(t, Policies{Default: big}, nil, RedisOptions{ProbeInterval: probe})
+	admitN(f.limiter, 1, "u1", "member") // u1 has a share now
+	f.server.Kill()
+	admitN(f.limiter, 1, "u2", "member") // no share: asks Redis, fails, degrades
+	if !f.limiter.Degraded() {
+		t.Fatal("not degraded after a failed call")
+	}
+	shared := testutil.ToFloat64(f.limiter.shared)
+	// Calls every half millisecond for 20 probe intervals: some of them
+	// are due to probe (the idle prober takes the others).
+	ctx := testserver.Context(t)
+	for end := time.Now().Add(20 * probe); time.Now().Before(end); {
+		f.limiter.Allow(ctx, "u1", "member")
+		time.Sleep(500 * time.Microsecond) // at most 800 calls: the burst of 1600 holds
+	}
+	if n := testutil.ToFloat64(f.limiter.shared); n != shared {
+		t.Errorf("%v requests admitted from a share while degraded", n-shared)
+	}
+}
