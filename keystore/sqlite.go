@@ -32,6 +32,14 @@ const MaxSQLiteMmapSize = 0x7fff0000
 // holds; mapped, 1.1x to 1.2x.
 const DefaultSQLiteMmapSize = MaxSQLiteMmapSize
 
+// SQLitePageSize is the page size of a file OpenSQLite creates; a file
+// created before keeps its own (SQLite cannot change it in WAL mode). A
+// page of 16 KiB holds four times the index entries of SQLite's default
+// 4 KiB, so a store of 1 M keys is 3 levels deep instead of 4, and a key
+// lookup on a cache miss touches one cold page fewer: 1.18-1.22x the
+// time of a store of 1 k keys against 1.27-1.30x (bench/storebench).
+const SQLitePageSize = 16384
+
 // SQLite is the embedded single-node Store: one database file in WAL mode.
 type SQLite struct {
 	db     *sql.DB
@@ -88,6 +96,9 @@ func OpenSQLiteWith(ctx context.Context, path string, o SQLiteOptions) (*SQLite,
 		// 16 MiB of page cache per connection (the default is 2 MiB): the key
 		// tables and the audit segments' headers and id index stay in memory.
 		"&_pragma=cache_size(-16384)" +
+		// The driver runs _pragma before it switches to WAL, while a new
+		// file can still take a page size.
+		"&_pragma=page_size(" + strconv.Itoa(SQLitePageSize) + ")" +
 		"&_pragma=mmap_size(" + strconv.FormatInt(o.MmapSize, 10) + ")"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {

@@ -76,6 +76,50 @@ func TestOpenSQLiteWith_MapsTheFileOnEveryConnection(t *testing.T) {
 	}
 }
 
+// A new file takes SQLitePageSize; a file made before, with SQLite's
+// default pages, opens as it is and keeps working, since WAL mode cannot
+// change a page size.
+func TestOpenSQLite_PageSize(t *testing.T) {
+	ctx := context.Background()
+	pageSize := func(t *testing.T, s *keystore.SQLite) int {
+		t.Helper()
+		var n int
+		if err := s.DB().QueryRow(`PRAGMA page_size`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if got := pageSize(t, openTemp(t)); got != keystore.SQLitePageSize {
+		t.Errorf("new file: page_size %d, want %d", got, keystore.SQLitePageSize)
+	}
+
+	path := filepath.Join(t.TempDir(), "old.db")
+	old, err := sql.Open("sqlite", path+"?_pragma=page_size(4096)&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Exec(`CREATE TABLE before_keyproxy (x INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	s, err := keystore.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatalf("a file with 4 KiB pages: %v", err)
+	}
+	defer s.Close()
+	if got := pageSize(t, s); got != 4096 {
+		t.Errorf("existing file: page_size %d, want its own 4096", got)
+	}
+	nk := keystore.NewKey{ID: "key_AAAAAAAAAAAAAAAAAAAA", Hash: keystore.HashKey("k"), Start: "wev_AAAA", Name: "n",
+		UserID: "u", TeamID: "t", Role: "owner", MaxActivePerTeam: 10}
+	if _, err := s.CreateKey(ctx, nk); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := s.Resolve(ctx, nk.Hash); err != nil || id.KeyID != nk.ID {
+		t.Fatalf("Resolve in the existing file: %+v, %v", id, err)
+	}
+}
+
 func TestOpenSQLite_MigrationsIdempotentOnReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "keys.db")
