@@ -128,6 +128,16 @@ func OpenSQLiteWith(ctx context.Context, path string, o SQLiteOptions) (*SQLite,
 // own tables in the same file. Its transactions are immediate too.
 func (s *SQLite) DB() *sql.DB { return s.db }
 
+// PageSize is the file's page size: SQLitePageSize for a file this
+// release created, SQLite's default 4096 for one created before.
+func (s *SQLite) PageSize(ctx context.Context) (int, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&n); err != nil {
+		return 0, s.wrap("page size", err)
+	}
+	return n, nil
+}
+
 // Ping checks that the file can be read.
 func (s *SQLite) Ping(ctx context.Context) error {
 	var one int

@@ -83,8 +83,8 @@ func TestOpenSQLite_PageSize(t *testing.T) {
 	ctx := context.Background()
 	pageSize := func(t *testing.T, s *keystore.SQLite) int {
 		t.Helper()
-		var n int
-		if err := s.DB().QueryRow(`PRAGMA page_size`).Scan(&n); err != nil {
+		n, err := s.PageSize(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
 		return n

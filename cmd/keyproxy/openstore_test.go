@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"path/filepath"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wevion/keyproxy/keystore"
 )
@@ -36,6 +40,47 @@ func TestOpenStore_SQLiteMapsWhatTheConfigurationSays(t *testing.T) {
 		s.Close()
 		if err != nil || got != tt.want {
 			t.Errorf("%q: mmap_size = %d (%v), want %d", tt.env, got, err, tt.want)
+		}
+	}
+}
+
+// A store created before 16 KiB pages serves as it is, and the operator is
+// told once that it keeps its smaller pages; a new store says nothing.
+func TestOpenStore_SQLiteWithOldPagesIsNoted(t *testing.T) {
+	old := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", old+"?_pragma=page_size(4096)&_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE before_keyproxy (x INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	for _, tt := range []struct {
+		dsn  string
+		want int // log entries
+	}{
+		{old, 1},
+		{filepath.Join(t.TempDir(), "new.db"), 0},
+	} {
+		cfg, err := LoadConfig("", []string{"KEYPROXY_STORE_DSN=" + tt.dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := openStore(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		core, logs := observer.New(zap.InfoLevel)
+		noteSQLitePageSize(context.Background(), s.(*keystore.SQLite), zap.New(core))
+		s.Close()
+		if logs.Len() != tt.want {
+			t.Fatalf("%s: %d log entries, want %d: %v", filepath.Base(tt.dsn), logs.Len(), tt.want, logs.All())
+		}
+		if tt.want == 1 {
+			if got := logs.All()[0].ContextMap()["page_size"]; got != int64(4096) {
+				t.Errorf("logged page_size %v, want 4096", got)
+			}
 		}
 	}
 }
