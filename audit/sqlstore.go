@@ -63,8 +63,6 @@ type SQLStore struct {
 // Columns in the order of Event's fields; every statement uses this list.
 const columns = "id, time, type, request_id, key_id, key_start, user_id, team_id, role, actor, method, path, status, duration_ms, client_ip, user_agent, outcome"
 
-const numColumns = 17
-
 // purgeChunk rows per DELETE keep each PostgreSQL purge transaction short.
 const purgeChunk = 5000
 

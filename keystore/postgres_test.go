@@ -164,7 +164,7 @@ func TestPostgres_DBSharesThePool(t *testing.T) {
 	if _, err := s.CreateKey(ctx, pgNewKey(t, "team_a", "user_a")); err != nil {
 		t.Fatal(err)
 	}
-	if s.DB() != s.DB() {
+	if first, second := s.DB(), s.DB(); first != second {
 		t.Fatal("DB returns a new *sql.DB per call")
 	}
 	var n int

@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"os/exec"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -292,13 +291,4 @@ func exposedSeriesNames(families map[string]*dto.MetricFamily) map[string]bool {
 		}
 	}
 	return names
-}
-
-func sortedSet(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

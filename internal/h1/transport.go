@@ -65,6 +65,9 @@ type Transport struct {
 // every request it does not take itself. The settings are read once, here:
 // set fallback up before New.
 func New(fallback *http.Transport) *Transport {
+	// A dialer set only in the deprecated field would be bypassed inline.
+	//lint:ignore SA1019 reading Dial is how such a dialer is noticed
+	legacyDial := fallback.Dial != nil
 	t := &Transport{
 		fallback:       fallback,
 		dial:           fallback.DialContext,
@@ -76,7 +79,7 @@ func New(fallback *http.Transport) *Transport {
 		writeBuf:       fallback.WriteBufferSize,
 		now:            time.Now,
 		inline: fallback.Proxy == nil && !fallback.DisableKeepAlives &&
-			fallback.DialTLSContext == nil && fallback.Dial == nil,
+			fallback.DialTLSContext == nil && !legacyDial,
 	}
 	if t.dial == nil {
 		t.dial = (&net.Dialer{}).DialContext
