@@ -3,7 +3,8 @@
 # installs redis-server, PostgreSQL, promtool and a C compiler (the race
 # detector's cgo) when missing, starts a private PostgreSQL cluster for the
 # run (unless KEYPROXY_TEST_POSTGRES_DSN names one), then runs
-# `go test -race ./...` and a short pass of every fuzz target.
+# `go vet`, `staticcheck`, `go test -race ./...` and a short pass of every
+# fuzz target.
 # The tests start their own redis-server processes on free ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -102,6 +103,9 @@ fi
 
 export CGO_ENABLED=1
 go vet ./...
+# staticcheck at a fixed version: a newer one may bring new checks that
+# fail a tree nobody changed.
+go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 go test -race -count=1 -timeout 12m ./...
 
 # A short pass of every fuzz target (go test -fuzz takes one target at a time).
