@@ -345,3 +345,44 @@ func TestLocal_ConcurrentRequestsStayWithinThePolicy(t *testing.T) {
 		t.Fatalf("admitted %.0f, want within [0.95×%.0f, %.0f]", got, least, most)
 	}
 }
+
+// tenPerSecond is a compiled policy of 10 a second, burst 10.
+func tenPerSecond(t *testing.T) *policy {
+	t.Helper()
+	tab, err := compile(Policies{Default: Limit{Requests: 10, Per: time.Second, Burst: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tab.forRole("member")
+}
+
+// A reply that says the shared bucket is empty brings the copy to less
+// than a token, even when the tokens to take, rounded, are more than the
+// copy has (3.6 rounds to 4): left at 3.6, the copy would let a share
+// admit three requests Redis has no tokens for.
+func TestFollow_EmptySharedBucketEmptiesTheCopy(t *testing.T) {
+	pol, now := tenPerSecond(t), time.Unix(1_700_000_000, 0)
+	clock := func() time.Time { return now }
+	b := newBucket(pol)
+	b.set(now, pol, 6.4) // 3.6 tokens left
+	if got := b.lim.TokensAt(now); got < 3.59 || got > 3.61 {
+		t.Fatalf("copy holds %.2f tokens, want 3.6", got)
+	}
+	b.follow(pol, time.Second, clock) // full again in 1 s: the whole burst of 10 spent
+	if got := b.lim.TokensAt(now); got >= 0.5 {
+		t.Fatalf("after a reply that the shared bucket is empty, the copy holds %.2f tokens, want under half a token", got)
+	}
+}
+
+// A reply that shows more tokens than the copy has leaves the copy as it
+// is: the requests that spent the copy (a share's, a fallback's) may not
+// have reached Redis when the reply left it.
+func TestFollow_OlderReplyDoesNotRaiseTheCopy(t *testing.T) {
+	pol, now := tenPerSecond(t), time.Unix(1_700_000_000, 0)
+	b := newBucket(pol)
+	b.set(now, pol, 8)                                                   // 2 tokens left
+	b.follow(pol, 500*time.Millisecond, func() time.Time { return now }) // 5 spent, as Redis saw it
+	if got := b.lim.TokensAt(now); got < 1.99 || got > 2.01 {
+		t.Fatalf("the copy holds %.2f tokens after an older reply, want its 2", got)
+	}
+}

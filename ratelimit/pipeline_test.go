@@ -88,8 +88,11 @@ func TestRedisBatch_ConcurrentCallsAdmitExactlyTheBudget(t *testing.T) {
 	lim := Limit{Requests: 60, Per: time.Hour, Burst: 50}
 	for _, maxBatch := range []int{1, 4, 0} {
 		t.Run(fmt.Sprintf("MaxBatch=%d", maxBatch), func(t *testing.T) {
+			// Shares off: every decision is the script's, whose atomicity
+			// this checks (a share's Remaining is the replica's copy;
+			// TestRedisShare_ConcurrentCallsAdmitTheBudget).
 			f := newRedisFixtureWith(t, Policies{Default: lim}, nil,
-				RedisOptions{Timeout: 5 * time.Second, MaxBatch: maxBatch})
+				RedisOptions{Timeout: 5 * time.Second, MaxBatch: maxBatch, ShareDivisor: -1})
 			results := allowAll(f.limiter, slices.Repeat([]string{"u1"}, 200), slices.Repeat([]string{"member"}, 200))
 			var remaining []int
 			for _, r := range results {

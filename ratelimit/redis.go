@@ -98,11 +98,12 @@ type Redis struct {
 
 	// mu guards starting the prober: it runs only while degraded, at most
 	// one at a time, and never once closed.
-	mu      sync.Mutex
-	prober  bool // a prober goroutine is running
-	closed  bool
-	stop    chan struct{} // closed by Close
-	probers sync.WaitGroup
+	mu       sync.Mutex
+	prober   bool // a prober goroutine is running
+	closed   bool
+	stop     chan struct{} // closed by Close
+	probers  sync.WaitGroup
+	renewals sync.WaitGroup // shares' renewals on their way (share.go)
 
 	decisions   decisionCounters
 	shared      prometheus.Counter
@@ -204,6 +205,7 @@ func (r *Redis) Close() {
 	}
 	r.mu.Unlock()
 	r.probers.Wait()
+	r.renewals.Wait() // before the batcher, which they may be waiting on
 	if r.batch != nil {
 		r.batch.close()
 	}
@@ -235,16 +237,24 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	}
 	pol := r.policies.Load().forRole(role)
 	b := r.fallback.bucket(userID, pol)
+	// Counted before the share is tried: a reply that grants a share
+	// while this request goes on to Redis must leave it a token.
+	b.pending.Add(1)
 	// A degraded limiter spends no share: this request is its probe.
 	if !degraded {
-		if res, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
+		if res, renew, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
+			b.pending.Add(-1)
 			r.shared.Inc()
+			if renew {
+				r.renew(b, userID, pol)
+			}
 			return res
 		}
 	}
 	owed := b.takeOwed(r.fallback.now)
 	start := time.Now()
 	res, err := r.allow(ctx, userID, pol, owed)
+	b.pending.Add(-1)
 	r.wait.Observe(time.Since(start).Seconds())
 	if err != nil {
 		b.owe(owed, r.fallback.now)

@@ -1,6 +1,8 @@
 package ratelimit
 
 import (
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -119,5 +121,140 @@ func TestRedisShare_NotSpentWhileDegraded(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(f.limiter.shared); n != shared {
 		t.Errorf("%v requests admitted from a share while degraded", n-shared)
+	}
+}
+
+// A share is renewed before it runs out, by a call to Redis that no
+// request waits for: while the renewals come back in time, a user far
+// from the limit never waits for Redis after the first request, and what
+// the shares admitted is still all charged.
+func TestRedisShare_RenewedBeforeItRunsOut(t *testing.T) {
+	server := testserver.StartRedis(t)
+	lim := Limit{Requests: 1600, Per: time.Hour, Burst: 1600} // shares of 64
+	p := Policies{Default: lim}
+	const ttl = time.Second
+	a := newRedisFixtureWith(t, p, server, RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour, ShareTTL: ttl})
+	for i := range 300 {
+		if r := a.limiter.Allow(testserver.Context(t), "u1", "member"); !r.Allowed {
+			t.Fatalf("request %d refused far from the limit: %+v", i+1, r)
+		}
+		// Requests spaced further apart than a round trip: each renewal is
+		// back before the next request.
+		a.limiter.renewals.Wait()
+	}
+	if redis, waited := redisDecisions(a), waitHistogram(t, a).GetSampleCount(); redis != 1 || waited != 1 {
+		t.Fatalf("%v of 300 requests decided by Redis, %v waited for it; want only the first", redis, waited)
+	}
+	if shared := testutil.ToFloat64(a.limiter.shared); shared != 299 {
+		t.Fatalf("%v admitted from shares, want 299", shared)
+	}
+	// The renewals charged what the shares admitted before each; the rest
+	// goes with the next decision from Redis, once the share expires.
+	charged := testutil.ToFloat64(a.limiter.charged)
+	if charged < 299-64 || charged > 299 {
+		t.Fatalf("renewals charged %v requests, want all but the last share's (at most 64)", charged)
+	}
+	time.Sleep(ttl + 100*time.Millisecond)
+	a.limiter.Allow(testserver.Context(t), "u1", "member")
+	b := newRedisFixtureWith(t, p, server, RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour, ShareDivisor: -1})
+	r := b.limiter.Allow(testserver.Context(t), "u1", "member")
+	if want := lim.Burst - 302; !r.Allowed || r.Remaining < want || r.Remaining > want+2 {
+		t.Fatalf("the other replica: %+v, want admitted with %d to %d left: every request charged", r, want, want+2)
+	}
+}
+
+// When another replica has spent the budget, the renewal is refused: what
+// is left of the share is dropped, the request the renewal spent for is
+// owed again, and the next request waits for Redis, which refuses it.
+func TestRedisShare_RefusedRenewalEndsTheShare(t *testing.T) {
+	server := testserver.StartRedis(t)
+	lim := Limit{Requests: 64, Per: time.Hour, Burst: 64}
+	p := Policies{Default: lim}
+	a := newRedisFixtureWith(t, p, server, RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour, ShareDivisor: 4})
+	b := newRedisFixtureWith(t, p, server, RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour, ShareDivisor: -1})
+	ctx := testserver.Context(t)
+	admitN(a.limiter, 1, "u1", "member") // 63 left: a share of 15, renewed at 3
+	if got := admitN(b.limiter, 100, "u1", "member"); got != 63 {
+		t.Fatalf("b admitted %d, want the 63 left", got)
+	}
+	for i := range 12 {
+		if r := a.limiter.Allow(ctx, "u1", "member"); !r.Allowed {
+			t.Fatalf("share request %d refused: %+v", i+1, r)
+		}
+	}
+	a.limiter.renewals.Wait()
+	if n := testutil.ToFloat64(a.limiter.shared); n != 12 {
+		t.Fatalf("%v admitted from the share, want 12", n)
+	}
+	before := redisDecisions(a)
+	r := a.limiter.Allow(ctx, "u1", "member")
+	if r.Allowed || r.RetryAfter <= 0 {
+		t.Fatalf("after the refused renewal: %+v, want refused with a Retry-After", r)
+	}
+	if redisDecisions(a) != before+1 {
+		t.Fatal("the request after a refused renewal was not decided by Redis")
+	}
+	// All 12 were charged: 11 with the renewal, the one it spent for with
+	// the decision just made.
+	if v := testutil.ToFloat64(a.limiter.charged); v != 12 {
+		t.Errorf("charged %v of the share's 12 requests", v)
+	}
+}
+
+// A renewal that fails gives its charge back and degrades the limiter:
+// the requests are charged once Redis answers again.
+func TestRedisShare_FailedRenewalKeepsTheDebt(t *testing.T) {
+	lim := Limit{Requests: 1600, Per: time.Hour, Burst: 1600}
+	f := newRedisFixtureWith(t, Policies{Default: lim}, nil, RedisOptions{Timeout: time.Second, ProbeInterval: time.Hour})
+	ctx := testserver.Context(t)
+	admitN(f.limiter, 1, "u1", "member") // a share of 64, renewed at 16
+	f.server.Kill()
+	if got := admitN(f.limiter, 48, "u1", "member"); got != 48 {
+		t.Fatalf("admitted %d of 48 from the share", got)
+	}
+	f.limiter.renewals.Wait()
+	if !f.limiter.Degraded() {
+		t.Fatal("not degraded after a renewal failed")
+	}
+	f.server.Start()
+	// The next request probes (ProbeInterval is an hour: force it due).
+	f.limiter.nextProbe.Store(0)
+	if r := f.limiter.Allow(ctx, "u1", "member"); !r.Allowed || f.limiter.Degraded() {
+		t.Fatalf("probe after Redis returned: %+v, degraded %v", r, f.limiter.Degraded())
+	}
+	// The 48 from the share, charged with the probe; it spent one more
+	// (the first request's was Redis's own).
+	if v := testutil.ToFloat64(f.limiter.charged); v != 48 {
+		t.Errorf("charged %v, want the share's 48", v)
+	}
+	if r := f.limiter.Allow(ctx, "u1", "member"); r.Remaining > lim.Burst-50 {
+		t.Errorf("after the probe: %d remaining, want at most %d", r.Remaining, lim.Burst-50)
+	}
+}
+
+// Many concurrent requests of one user on one replica admit exactly the
+// burst with shares on: a reply that grants a share leaves a token for
+// each of the user's calls still on their way to Redis, and the copy the
+// share spends from is never raised to a reply older than them.
+func TestRedisShare_ConcurrentCallsAdmitTheBudget(t *testing.T) {
+	lim := Limit{Requests: 60, Per: time.Hour, Burst: 50}
+	for _, maxBatch := range []int{1, 0} {
+		t.Run(fmt.Sprintf("MaxBatch=%d", maxBatch), func(t *testing.T) {
+			f := newRedisFixtureWith(t, Policies{Default: lim}, nil,
+				RedisOptions{Timeout: 5 * time.Second, MaxBatch: maxBatch})
+			for round := range 5 {
+				f.client.FlushAll(testserver.Context(t))
+				admitted := 0
+				for _, r := range allowAll(f.limiter, slices.Repeat([]string{fmt.Sprint("u", round)}, 200), slices.Repeat([]string{"member"}, 200)) {
+					if r.Allowed {
+						admitted++
+					}
+				}
+				f.limiter.renewals.Wait()
+				if admitted != lim.Burst {
+					t.Fatalf("round %d: admitted %d of 200 concurrent calls, want the burst of %d", round, admitted, lim.Burst)
+				}
+			}
+		})
 	}
 }
