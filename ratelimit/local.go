@@ -169,12 +169,13 @@ type bucket struct {
 	owed      atomic.Int64
 	owedSince time.Time
 	// share is how many requests the bucket may still admit without
-	// Redis, of the granted it was given at shareAt, and renewing is set
-	// while a renewal of it is on its way to Redis (share.go); mu's.
-	share    int
-	granted  int
-	shareAt  time.Time
-	renewing bool
+	// Redis, of the granted it was given at shareAt; renewal is closed
+	// when the renewal of it on its way to Redis is done, and nil while
+	// none is (share.go). mu's.
+	share   int
+	granted int
+	shareAt time.Time
+	renewal chan struct{}
 	// pending counts this bucket's calls on their way to Redis: each may
 	// spend a token there that the reply to another does not show yet.
 	pending atomic.Int32

@@ -242,13 +242,22 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	b.pending.Add(1)
 	// A degraded limiter spends no share: this request is its probe.
 	if !degraded {
-		if res, renew, ok := b.takeShare(pol, r.shareTTL, r.fallback.now); ok {
-			b.pending.Add(-1)
-			r.shared.Inc()
-			if renew {
-				r.renew(b, userID, pol)
-			}
+		if res, ok := r.fromShare(b, userID, pol); ok {
 			return res
+		}
+		if done := b.renewalDone(); done != nil {
+			// The share ran out before its renewal came back. Its answer
+			// is nearer than a round trip of this request's own, which
+			// Redis might also run before the renewal's charge: its
+			// Remaining would then leave out what the share admitted.
+			b.pending.Add(-1) // not on its way to Redis while it waits
+			start := time.Now()
+			<-done // the renewal's call is bounded by the timeout
+			r.wait.Observe(time.Since(start).Seconds())
+			b.pending.Add(1)
+			if res, ok := r.fromShare(b, userID, pol); ok {
+				return res
+			}
 		}
 	}
 	owed := b.takeOwed(r.fallback.now)
@@ -272,6 +281,22 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 		b.grantShare(pol, res.Remaining, r.shareDiv, r.fallback.now)
 	}
 	return res
+}
+
+// fromShare admits the request from b's share, if it has one, and starts
+// the share's renewal when it is due. The caller counted the request in
+// b.pending; an admitted one is taken off.
+func (r *Redis) fromShare(b *bucket, userID string, pol *policy) (Result, bool) {
+	res, renew, ok := b.takeShare(pol, r.shareTTL, r.fallback.now)
+	if !ok {
+		return Result{}, false
+	}
+	b.pending.Add(-1)
+	r.shared.Inc()
+	if renew {
+		r.renew(b, userID, pol)
+	}
+	return res, true
 }
 
 // allow runs the script for one decision, first charging owed: the

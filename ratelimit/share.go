@@ -13,7 +13,7 @@ import (
 // the bucket's copy of the shared state. What a share admits is owed, and
 // charged to the shared budget with the user's next decision from Redis,
 // as a fallback's admissions are: no request goes uncounted. A share is
-// renewed when a quarter of it is left, by a call to Redis that no
+// renewed when a quarter of it, or of its time, is left, by a call to Redis that no
 // request waits for (renew), so that a user far from the limit does not
 // wait for Redis after the first request. A share is
 // a fraction of what is left, so it shrinks to nothing near the limit,
@@ -64,20 +64,31 @@ func (b *bucket) grantShare(pol *policy, remaining, divisor int, clock func() ti
 	b.share, b.granted, b.shareAt = n, n, now
 }
 
-// endRenewal marks the bucket's renewal done, whatever came of it.
+// endRenewal marks the bucket's renewal done, whatever came of it, and
+// wakes the requests waiting for it.
 func (b *bucket) endRenewal() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.renewing = false
+	close(b.renewal)
+	b.renewal = nil
+}
+
+// renewalDone is closed when the renewal on its way is done; nil if none
+// is.
+func (b *bucket) renewalDone() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.renewal
 }
 
 // takeShare admits one request from the bucket's share, and reports
 // false, taking nothing, when there is no share left, it has expired, the
 // user's policy changed since it was granted, or the bucket's copy has no
 // token: then Redis decides. renew reports that this request left a
-// quarter of the share or less and no renewal is on its way: the caller sends one
-// (Redis.renew), so that the next share is granted before this one runs
-// out, and a user far from the limit never waits for Redis.
+// quarter of the share, or of its time, or less, and no renewal is on its
+// way: the caller sends one (Redis.renew), so that the next share is
+// granted before this one runs out, and a user far from the limit never
+// waits for Redis.
 func (b *bucket) takeShare(pol *policy, ttl time.Duration, clock func() time.Time) (res Result, renew, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -94,12 +105,15 @@ func (b *bucket) takeShare(pol *policy, ttl time.Duration, clock func() time.Tim
 		b.owedSince = now
 	}
 	b.owed.Add(1)
-	// Renewed with a quarter left: each renewal replaces what is left
-	// (Redis still counts it as unspent), so renewing sooner would make
-	// more calls to Redis for the same requests. A share under 4 is near
-	// the limit, where Redis soon decides each request anyway.
-	if !b.renewing && b.granted >= minRenewed && b.share <= b.granted/4 {
-		b.renewing, renew = true, true
+	// Renewed with a quarter left, of its requests or of its time: each
+	// renewal replaces what is left (Redis still counts it as unspent),
+	// so renewing sooner would make more calls to Redis for the same
+	// requests. A user at 5 requests a second spends a share of 64 in
+	// 13 s, and without the time it expired after 5 s, the next request
+	// waiting for Redis. A share under 4 is near the limit, where Redis
+	// soon decides each request anyway.
+	if b.renewal == nil && b.granted >= minRenewed && (b.share <= b.granted/4 || now.Sub(b.shareAt) >= ttl*3/4) {
+		b.renewal, renew = make(chan struct{}), true
 		b.pending.Add(1) // the renewal's, from now: see Redis.Allow
 	}
 	tokens := b.lim.TokensAt(now)

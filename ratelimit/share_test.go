@@ -258,3 +258,24 @@ func TestRedisShare_ConcurrentCallsAdmitTheBudget(t *testing.T) {
 		})
 	}
 }
+
+// A share is renewed when a quarter of its time is left too: a user who
+// spends it slowly goes on from a fresh share instead of waiting for
+// Redis once it expires.
+func TestRedisShare_RenewedBeforeItExpires(t *testing.T) {
+	lim := Limit{Requests: 1600, Per: time.Hour, Burst: 1600} // shares of 64
+	const ttl = 2 * time.Second
+	f := newRedisFixtureWith(t, Policies{Default: lim}, nil, RedisOptions{Timeout: 5 * time.Second, ProbeInterval: time.Hour, ShareTTL: ttl})
+	ctx := testserver.Context(t)
+	admitN(f.limiter, 1, "u1", "member") // Redis's decision: a share of 64
+	time.Sleep(ttl * 4 / 5)
+	admitN(f.limiter, 1, "u1", "member") // from the share, with a fifth of its time left: renewed
+	f.limiter.renewals.Wait()
+	time.Sleep(ttl * 3 / 10) // past the first share's time, well within the renewed one's
+	if r := f.limiter.Allow(ctx, "u1", "member"); !r.Allowed {
+		t.Fatalf("refused: %+v", r)
+	}
+	if n := redisDecisions(f); n != 1 {
+		t.Fatalf("%v requests waited for Redis, want only the first: the share was not renewed before it expired", n)
+	}
+}
