@@ -93,15 +93,7 @@ func TestOpenSQLite_PageSize(t *testing.T) {
 		t.Errorf("new file: page_size %d, want %d", got, keystore.SQLitePageSize)
 	}
 
-	path := filepath.Join(t.TempDir(), "old.db")
-	old, err := sql.Open("sqlite", path+"?_pragma=page_size(4096)&_journal_mode=WAL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := old.Exec(`CREATE TABLE before_keyproxy (x INTEGER)`); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
+	path := storetest.OldSQLiteFile(t)
 	s, err := keystore.OpenSQLite(ctx, path)
 	if err != nil {
 		t.Fatalf("a file with 4 KiB pages: %v", err)

@@ -282,10 +282,9 @@ func (b *bucket) set(now time.Time, pol *policy, spent float64) {
 // which taking tokens corrects; a new policy sets a new limiter. A copy
 // below the shared bucket is left as it is: the requests that spent it (a
 // share's or a fallback's) may not have reached Redis yet, and a reply
-// that left Redis before them would hand their tokens back. Raised to
-// such replies, one replica's copy admitted up to 73 of a burst of 50
-// under 200 concurrent calls of one user. Both refill at the policy's
-// pace and meet when full.
+// that left Redis before them would hand their tokens back to the share
+// (TestFollow_OlderReplyDoesNotRaiseTheCopy). Both refill at the
+// policy's pace and meet when full.
 func (b *bucket) follow(pol *policy, resetAfter time.Duration, clock func() time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -13,10 +13,10 @@ import (
 // the bucket's copy of the shared state. What a share admits is owed, and
 // charged to the shared budget with the user's next decision from Redis,
 // as a fallback's admissions are: no request goes uncounted. A share is
-// renewed when a quarter of it, or of its time, is left, by a call to Redis that no
-// request waits for (renew), so that a user far from the limit does not
-// wait for Redis after the first request. A share is
-// a fraction of what is left, so it shrinks to nothing near the limit,
+// renewed when a quarter of it, or of its time, is left, by a call to
+// Redis that no request waits for (renew), so that a user far from the
+// limit does not wait for Redis after the first request. A share is a
+// fraction of what is left, so it shrinks to nothing near the limit,
 // where every decision is Redis's own; what two replicas can admit on
 // views of the budget that the other has since spent from is at most
 // their shares, and that is charged back with their next decisions.
@@ -57,7 +57,9 @@ func (b *bucket) grantShare(pol *policy, remaining, divisor int, clock func() ti
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.pol != pol || b.pending.Load() > 0 {
-		return // follow set the policy; a policy that changed since decides anew
+		// follow set the policy: a policy that changed since decides
+		// anew. Calls on their way: their replies will grant.
+		return
 	}
 	now := clock()
 	n := min(max(min(remaining, int(b.lim.TokensAt(now))), 0)/divisor, maxShare)

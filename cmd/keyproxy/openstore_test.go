@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"path/filepath"
 	"testing"
 
@@ -10,6 +9,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wevion/keyproxy/keystore"
+	"github.com/wevion/keyproxy/keystore/storetest"
 )
 
 // The SQLite store serve opens maps as much of its file as
@@ -47,15 +47,7 @@ func TestOpenStore_SQLiteMapsWhatTheConfigurationSays(t *testing.T) {
 // A store created before 16 KiB pages serves as it is, and the operator is
 // told once that it keeps its smaller pages; a new store says nothing.
 func TestOpenStore_SQLiteWithOldPagesIsNoted(t *testing.T) {
-	old := filepath.Join(t.TempDir(), "old.db")
-	db, err := sql.Open("sqlite", old+"?_pragma=page_size(4096)&_journal_mode=WAL")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE before_keyproxy (x INTEGER)`); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
+	old := storetest.OldSQLiteFile(t)
 	for _, tt := range []struct {
 		dsn  string
 		want int // log entries
