@@ -143,6 +143,13 @@ func (e *exchange) authenticate(id keystore.Identity) {
 	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvRole], e.hv[hvKeyID] = id.UserID, id.TeamID, id.Role, id.KeyID
 }
 
+// nameRefused keeps the ids of a key refused as invalid for its audit
+// event and access line, without a role: the request acted as no one, and
+// without authenticated, so nothing treats it as admitted.
+func (e *exchange) nameRefused(id keystore.Identity) {
+	e.hv[hvUserID], e.hv[hvTeamID], e.hv[hvKeyID] = id.UserID, id.TeamID, id.KeyID
+}
+
 // one returns hv[i] as a one-element header value that shares e's storage.
 func (e *exchange) one(i int) []string { return e.hv[i : i+1 : i+1] }
 
@@ -187,8 +194,10 @@ func (l *accessLine) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 }
 
 // event builds the audit event: api.request with the identity once the key
-// resolved to someone, auth.failed with only the key's display start
-// otherwise. Never the key, not even one the client put in its path or
+// was admitted (or refused for its team's subscription), auth.failed with
+// the key's display start otherwise, and the key's and owner's ids when
+// the key is one the store knows (revoked, expired, owner deactivated or
+// moved). Never the key, not even one the client put in its path or
 // user agent.
 func (h *Handler) event(e *exchange, method, path string, d time.Duration) audit.Event {
 	ev := audit.Event{
@@ -208,6 +217,7 @@ func (h *Handler) event(e *exchange, method, path string, d time.Duration) audit
 	} else {
 		ev.Type = audit.TypeAuthFailed
 		ev.KeyStart = e.keyStart
+		ev.KeyID, ev.UserID, ev.TeamID = e.hv[hvKeyID], e.hv[hvUserID], e.hv[hvTeamID]
 	}
 	return ev
 }

@@ -32,6 +32,7 @@ func TestAuditEvents(t *testing.T) {
 		outcome string
 		status  int
 		named   bool // the event carries the key's identity
+		ids     bool // the event names the key and its owner, without a role
 		start   bool // the event carries the key's display start
 	}{
 		{name: "admitted request", key: valid, typ: audit.TypeAPIRequest, outcome: audit.OutcomeAllowed, status: 200, named: true},
@@ -43,8 +44,16 @@ func TestAuditEvents(t *testing.T) {
 				return k, keystore.Identity{}
 			},
 			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true},
-		{name: "revoked key does not name its owner", key: spec(keySpec{revoked: true}),
-			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true},
+		{name: "revoked key is named", key: spec(keySpec{revoked: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
+		{name: "expired key is named", key: spec(keySpec{expired: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
+		{name: "deactivated owner's key is named", key: spec(keySpec{ownerInactive: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
+		// The key's team, not the one its owner moved to: that team never
+		// had the key.
+		{name: "moved owner's key is named in its own team", key: spec(keySpec{ownerMoved: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
 		{name: "junk key has no display start",
 			key: func(*testing.T, *env) (string, keystore.Identity) {
 				return "wev_!!!!" + strings.Repeat("x", 40), keystore.Identity{}
@@ -91,6 +100,9 @@ func TestAuditEvents(t *testing.T) {
 				Time: got.Time, DurationMS: got.DurationMS, UserAgent: got.UserAgent}
 			if tt.named {
 				want.KeyID, want.UserID, want.TeamID, want.Role = id.KeyID, id.UserID, id.TeamID, id.Role
+			}
+			if tt.ids {
+				want.KeyID, want.UserID, want.TeamID = id.KeyID, id.UserID, id.TeamID
 			}
 			if tt.start {
 				want.KeyStart = key[:len("wev_")+4]

@@ -331,7 +331,11 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	case keystore.StatusTeamInactive:
 		e.authenticate(id)
 		return &h.problems.inactive
-	default: // a refused key's owner is not named
+	default:
+		// The client learns nothing, but the trail names the key: attempts
+		// with a revoked or expired key (a leak, a client not yet moved to
+		// its replacement) show up in its team's audit and its key_id query.
+		e.nameRefused(id)
 		return &h.problems.invalid
 	}
 	e.authenticate(id)

@@ -96,15 +96,19 @@ func TestSecretScanning_LeakedKeyIsRevokedEndToEnd(t *testing.T) {
 		t.Errorf("the reported key still answers %d", got)
 	}
 
-	// The customer reviews what happened: the revocation, by whom, why.
+	// The customer reviews what happened: the revocation, by whom, why,
+	// and the attempt with the key after it, in the key's trail and in its
+	// team's (the web app asks by team).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, body = adminDo("GET", "/admin/v1/audit?key_id="+id, "", "Authorization", "Bearer "+token)
-		if strings.Contains(string(body), `"type":"key.revoked"`) {
+		_, teamBody := adminDo("GET", "/admin/v1/audit?team_id=team_leak", "", "Authorization", "Bearer "+token)
+		if strings.Contains(string(body), `"type":"key.revoked"`) && strings.Contains(string(body), `"type":"auth.failed"`) &&
+			strings.Contains(string(teamBody), `"type":"auth.failed"`) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no key.revoked event: %s", body)
+			t.Fatalf("the key's trail lacks its revocation or the attempt after it (or the team's lacks the attempt): %s", body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -113,6 +117,10 @@ func TestSecretScanning_LeakedKeyIsRevokedEndToEnd(t *testing.T) {
 	for _, ev := range page.Events {
 		if ev["type"] == "key.revoked" && (ev["actor"] != "github-secret-scanning" || ev["outcome"] != "leaked" || ev["team_id"] != "team_leak") {
 			t.Errorf("revocation event %v", ev)
+		}
+		if ev["type"] == "auth.failed" && (ev["outcome"] != "invalid_key" || ev["user_id"] != "usr_leak" || ev["team_id"] != "team_leak" ||
+			ev["key_start"] != key[:8] || ev["role"] != nil || ev["status"] != 401.0) {
+			t.Errorf("attempt after the revocation: %v", ev)
 		}
 	}
 	logs := in.logs.String()
