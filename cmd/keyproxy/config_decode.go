@@ -40,6 +40,14 @@ func durationNeedsUnit(from, to reflect.Type, data any) (any, error) {
 			}
 			return nil, fmt.Errorf("%s needs a unit (ns, us, ms, s, m, h), e.g. %ss", s, s)
 		}
+		// mapstructure's own message leaves the value out ("time: invalid
+		// duration"); a duration is no secret, and the operator needs to
+		// see which spelling was refused.
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a duration: write a number and a unit (ns, us, ms, s, m, h), e.g. 10s or 1m30s", s)
+		}
+		return d, nil
 	}
 	return data, nil
 }

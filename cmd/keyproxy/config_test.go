@@ -173,6 +173,8 @@ func TestLoadConfig_ReportsEveryProblemNamingTheKey(t *testing.T) {
 		{"duration without a unit", "audit:\n  retention: 2160\n", nil, []string{"audit.retention: 2160 needs a unit"}},
 		{"timeout without a unit", "shutdown_timeout: 5\n", nil, []string{"shutdown_timeout: 5 needs a unit"}},
 		{"duration without a unit from the environment", "", []string{"KEYPROXY_AUDIT_RETENTION=2160"}, []string{"audit.retention: 2160 needs a unit"}},
+		{"misspelt duration", "cache:\n  ttl: 10 sec\n", nil, []string{`cache.ttl: "10 sec" is not a duration`}},
+		{"misspelt duration from the environment", "", []string{"KEYPROXY_CACHE_TTL=abc"}, []string{`cache.ttl: "abc" is not a duration`}},
 		{"fraction for a count", "keys:\n  max_active_per_team: 10.5\n", nil, []string{"keys.max_active_per_team: 10.5 is not a whole number"}},
 		{"listen without a port", "listen: garbage\n", nil, []string{"listen: must be host:port"}},
 		{"listen port alone from the environment", "", []string{"KEYPROXY_LISTEN=18203"}, []string{"listen: must be host:port"}},
