@@ -124,3 +124,31 @@ func checkAddr(addr string) string {
 	}
 	return ""
 }
+
+// flattenDecodeError turns mapstructure's multi-line error into one
+// problem per key.
+func flattenDecodeError(err error) []string {
+	var out []string
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(line)
+		line = strings.TrimPrefix(line, "* ")
+		if line == "" || strings.HasSuffix(line, "error(s) decoding:") || strings.HasPrefix(line, "decoding failed due to the following error(s):") {
+			continue
+		}
+		out = append(out, decodeProblems(line)...)
+	}
+	if len(out) == 0 {
+		out = []string{err.Error()}
+	}
+	return out
+}
+
+// boolToWord decodes a YAML boolean into a string field as "true" or
+// "false" (viper's weak decoding would make it "1" or "0"): log.access
+// takes a word, and an old file's access: true must keep working.
+func boolToWord(from, to reflect.Type, data any) (any, error) {
+	if from.Kind() == reflect.Bool && to.Kind() == reflect.String {
+		return strconv.FormatBool(data.(bool)), nil
+	}
+	return data, nil
+}
