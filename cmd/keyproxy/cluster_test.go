@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"net/http"
 	"sort"
 	"strings"
@@ -94,6 +95,41 @@ func TestCluster_RevocationIsAcknowledgedByEveryReplica(t *testing.T) {
 		n, refusedAfter[n/2].Round(time.Microsecond), refusedAfter[n-1].Round(time.Microsecond))
 	if worst := refusedAfter[n-1]; worst > time.Second {
 		t.Errorf("worst revocation took %s (DELETE round trip plus B's refusal), want well under 1s", worst)
+	}
+}
+
+// An attempt with a revoked key on the replica that did not revoke it is in
+// the key's trail, named: B learns the key's ids from the store after the
+// eviction replaced its cached identity (and Redis's) with a tombstone.
+func TestCluster_AttemptWithARevokedKeyIsNamedOnTheOtherReplica(t *testing.T) {
+	a, b, _, _ := twoReplicas(t)
+	key, id := createKey(t, a, "usr_leak", "team_leak")
+	if got := status(t, b, key); got != http.StatusOK {
+		t.Fatalf("key made on A refused by B: %d", got)
+	}
+	if resp, body := a.admin(t, http.MethodDelete, "/admin/v1/keys/"+id, nil); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("revoke: %d %s", resp.StatusCode, body)
+	}
+	if got := status(t, b, key); got != http.StatusUnauthorized {
+		t.Fatalf("B after the revocation: %d", got)
+	}
+	var attempt map[string]any
+	waitFor(t, 10*time.Second, "the attempt on B in the key's trail", func() bool {
+		_, body := a.admin(t, http.MethodGet, "/admin/v1/audit?key_id="+id, nil)
+		var page struct{ Events []map[string]any }
+		if err := json.Unmarshal(body, &page); err != nil {
+			t.Fatalf("audit page: %v: %s", err, body)
+		}
+		for _, ev := range page.Events {
+			if ev["type"] == "auth.failed" {
+				attempt = ev
+				return true
+			}
+		}
+		return false
+	})
+	if attempt["user_id"] != "usr_leak" || attempt["team_id"] != "team_leak" || attempt["outcome"] != "invalid_key" || attempt["role"] != nil {
+		t.Errorf("attempt event %v, want user usr_leak, team team_leak, invalid_key, no role", attempt)
 	}
 }
 
