@@ -132,6 +132,24 @@ func (id Identity) Check(now time.Time) Status {
 	return StatusValid
 }
 
+// Refusal names why Check answers StatusInvalid, for operators' counts
+// (never for the client, which gets one answer for all): "revoked",
+// "owner_inactive", "owner_moved" or "expired", in Check's order; "" when
+// Check does not answer StatusInvalid.
+func (id Identity) Refusal(now time.Time) string {
+	switch {
+	case id.Revoked:
+		return "revoked"
+	case !id.UserActive:
+		return "owner_inactive"
+	case !id.SameTeam:
+		return "owner_moved"
+	case !id.ExpiresAt.IsZero() && !now.Before(id.ExpiresAt):
+		return "expired"
+	}
+	return ""
+}
+
 // Store is the store of record. SQLite and PostgreSQL implement it and pass
 // the same contract suite (storetest).
 type Store interface {

@@ -25,6 +25,10 @@ type metrics struct {
 	upstream prometheus.Histogram
 	inFlight prometheus.Gauge
 
+	// refused counts refusals of keys the store knows, by
+	// keystore.Identity.Refusal; its children are bound at start.
+	refused *prometheus.CounterVec
+
 	durationBy [numOutcomes]prometheus.Observer
 	// counters caches children by outcome and status code: a label lookup
 	// hashes and locks, a cached child is one atomic load.
@@ -51,6 +55,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "keyproxy_http_requests_in_flight",
 			Help: "Data-plane requests being served.",
 		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyproxy_auth_refused_keys_total",
+			Help: "Requests refused with a key the store knows, by reason (revoked, expired, owner_inactive, owner_moved); unknown and malformed keys are the rest of outcome invalid_key.",
+		}, []string{"reason"}),
+	}
+	// keystore.Identity.Refusal's answers, exported from the first scrape.
+	for _, r := range []string{"revoked", "expired", "owner_inactive", "owner_moved"} {
+		m.refused.WithLabelValues(r)
 	}
 	for o := range numOutcomes {
 		m.durationBy[o] = m.duration.WithLabelValues(o.String())
@@ -69,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.counter(c.o, c.code)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstream, m.inFlight} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.upstream, m.inFlight, m.refused} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("proxy: registering metrics: %w", err)
 			}

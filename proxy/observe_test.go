@@ -173,6 +173,31 @@ keyproxy_http_requests_in_flight 0
 	}
 }
 
+// TestMetrics_RefusedKeysByReason: each refusal of a key the store knows
+// is counted under its reason; unknown and malformed keys are not.
+func TestMetrics_RefusedKeysByReason(t *testing.T) {
+	e := newEnv(t)
+	unknown, _ := e.format.Generate()
+	for _, spec := range []keySpec{{revoked: true}, {expired: true}, {ownerInactive: true}, {ownerMoved: true}, {ownerMoved: true}, {teamInactive: true}} {
+		key, _ := e.newKey(t, spec)
+		e.do(t, "GET", "/", [][2]string{bearer(key)})
+	}
+	e.do(t, "GET", "/", [][2]string{bearer(unknown)})
+	e.do(t, "GET", "/", [][2]string{bearer("wev_junk")})
+	e.rec.wait(t, 8)
+	want := `
+# HELP keyproxy_auth_refused_keys_total Requests refused with a key the store knows, by reason (revoked, expired, owner_inactive, owner_moved); unknown and malformed keys are the rest of outcome invalid_key.
+# TYPE keyproxy_auth_refused_keys_total counter
+keyproxy_auth_refused_keys_total{reason="expired"} 1
+keyproxy_auth_refused_keys_total{reason="owner_inactive"} 1
+keyproxy_auth_refused_keys_total{reason="owner_moved"} 2
+keyproxy_auth_refused_keys_total{reason="revoked"} 1
+`
+	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want), "keyproxy_auth_refused_keys_total"); err != nil {
+		t.Error(err)
+	}
+}
+
 func TestAccessLogHasOneLinePerRequest(t *testing.T) {
 	e := newEnv(t)
 	e.do(t, "GET", "/v1/things?x=1", [][2]string{bearer(e.validKey), {"X-Request-Id", "log-1"}})
