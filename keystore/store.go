@@ -122,9 +122,7 @@ const (
 // all answer the same StatusInvalid so clients cannot enumerate.
 func (id Identity) Check(now time.Time) Status {
 	switch {
-	case id.Revoked, !id.UserActive, !id.SameTeam:
-		return StatusInvalid
-	case !id.ExpiresAt.IsZero() && !now.Before(id.ExpiresAt):
+	case id.Refusal(now) != "":
 		return StatusInvalid
 	case !id.TeamActive:
 		return StatusTeamInactive
@@ -134,8 +132,8 @@ func (id Identity) Check(now time.Time) Status {
 
 // Refusal names why Check answers StatusInvalid, for operators' counts
 // (never for the client, which gets one answer for all): "revoked",
-// "owner_inactive", "owner_moved" or "expired", in Check's order; "" when
-// Check does not answer StatusInvalid.
+// "owner_inactive", "owner_moved" or "expired"; "" for a key Check does
+// not refuse as invalid.
 func (id Identity) Refusal(now time.Time) string {
 	switch {
 	case id.Revoked:

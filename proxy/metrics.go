@@ -26,8 +26,10 @@ type metrics struct {
 	inFlight prometheus.Gauge
 
 	// refused counts refusals of keys the store knows, by
-	// keystore.Identity.Refusal; its children are bound at start.
-	refused *prometheus.CounterVec
+	// keystore.Identity.Refusal; refusedBy holds its children, bound at
+	// start.
+	refused   *prometheus.CounterVec
+	refusedBy map[string]prometheus.Counter
 
 	durationBy [numOutcomes]prometheus.Observer
 	// counters caches children by outcome and status code: a label lookup
@@ -61,8 +63,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 	}
 	// keystore.Identity.Refusal's answers, exported from the first scrape.
+	m.refusedBy = map[string]prometheus.Counter{}
 	for _, r := range []string{"revoked", "expired", "owner_inactive", "owner_moved"} {
-		m.refused.WithLabelValues(r)
+		m.refusedBy[r] = m.refused.WithLabelValues(r)
 	}
 	for o := range numOutcomes {
 		m.durationBy[o] = m.duration.WithLabelValues(o.String())
@@ -102,6 +105,13 @@ func (m *metrics) counter(o outcome, code int) prometheus.Counter {
 	c := &boundCounter{m.requests.WithLabelValues(strconv.Itoa(code), o.String())}
 	slot.Store(c)
 	return c.Counter
+}
+
+// countRefused counts a refusal of a key the store knows under reason.
+func (m *metrics) countRefused(reason string) {
+	if c, ok := m.refusedBy[reason]; ok {
+		c.Inc()
+	}
 }
 
 func (m *metrics) observe(o outcome, code int, d time.Duration) {

@@ -336,7 +336,7 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 		// with a revoked or expired key (a leak, a client not yet moved to
 		// its replacement) show up in its team's audit and its key_id query.
 		e.nameRefused(id)
-		h.m.refused.WithLabelValues(id.Refusal(e.now)).Inc()
+		h.m.countRefused(id.Refusal(e.now))
 		return &h.problems.invalid
 	}
 	e.authenticate(id)
