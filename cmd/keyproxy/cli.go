@@ -41,6 +41,28 @@ func (f *clientFlags) client() (*adminClient, error) {
 	return newAdminClient(f.adminURL, f.environ["KEYPROXY_ADMIN_TOKEN"], f.tokenFile, f.actor, f.tls)
 }
 
+// call makes one admin API request with the client the flags describe.
+func (f *clientFlags) call(cmd *cobra.Command, method, path string, q url.Values, body, out any) (http.Header, error) {
+	cl, err := f.client()
+	if err != nil {
+		return nil, err
+	}
+	return cl.do(cmd.Context(), method, path, q, body, out)
+}
+
+// showKey makes a request that one key answers (get, update) and prints it.
+func (f *clientFlags) showKey(cmd *cobra.Command, w io.Writer, method, id string, body any) error {
+	var k keyView
+	if _, err := f.call(cmd, method, "/admin/v1/keys/"+url.PathEscape(id), nil, body, &k); err != nil {
+		return err
+	}
+	if f.json {
+		return printJSON(w, k)
+	}
+	printKeys(w, []keyView{k})
+	return nil
+}
+
 // keyView is a key as the admin API returns it, every field present as
 // there, so that --json prints what the API sends (null included).
 type keyView struct {
@@ -103,16 +125,12 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Create a key (the full key is printed once, never again)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
 			body := map[string]any{"name": c.name, "user_id": c.user, "team_id": c.team, "role": c.role}
 			if c.expires != "" {
 				body["expires_at"] = c.expires
 			}
 			var k createdKeyView
-			if _, err := cl.do(cmd.Context(), http.MethodPost, "/admin/v1/keys", nil, body, &k); err != nil {
+			if _, err := f.call(cmd, http.MethodPost, "/admin/v1/keys", nil, body, &k); err != nil {
 				return err
 			}
 			if f.json {
@@ -141,10 +159,6 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "List a team's keys",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
 			q := url.Values{"team_id": {l.team}}
 			if l.user != "" {
 				q.Set("user_id", l.user)
@@ -155,7 +169,7 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 			var out struct {
 				Keys []keyView `json:"keys"`
 			}
-			if _, err := cl.do(cmd.Context(), http.MethodGet, "/admin/v1/keys", q, nil, &out); err != nil {
+			if _, err := f.call(cmd, http.MethodGet, "/admin/v1/keys", q, nil, &out); err != nil {
 				return err
 			}
 			if f.json {
@@ -175,19 +189,7 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Show one key",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
-			var k keyView
-			if _, err := cl.do(cmd.Context(), http.MethodGet, "/admin/v1/keys/"+url.PathEscape(args[0]), nil, nil, &k); err != nil {
-				return err
-			}
-			if f.json {
-				return printJSON(stdout, k)
-			}
-			printKeys(stdout, []keyView{k})
-			return nil
+			return f.showKey(cmd, stdout, http.MethodGet, args[0], nil)
 		},
 	}
 
@@ -215,19 +217,7 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 			if len(body) == 0 {
 				return usageError{fmt.Errorf("nothing to update: pass --name, --expires-at or --clear-expiry")}
 			}
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
-			var k keyView
-			if _, err := cl.do(cmd.Context(), http.MethodPatch, "/admin/v1/keys/"+url.PathEscape(args[0]), nil, body, &k); err != nil {
-				return err
-			}
-			if f.json {
-				return printJSON(stdout, k)
-			}
-			printKeys(stdout, []keyView{k})
-			return nil
+			return f.showKey(cmd, stdout, http.MethodPatch, args[0], body)
 		},
 	}
 	update.Flags().StringVar(&u.name, "name", "", "new name")
@@ -239,11 +229,7 @@ func newKeysCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Revoke a key at once, on every replica",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
-			h, err := cl.do(cmd.Context(), http.MethodDelete, "/admin/v1/keys/"+url.PathEscape(args[0]), nil, nil, nil)
+			h, err := f.call(cmd, http.MethodDelete, "/admin/v1/keys/"+url.PathEscape(args[0]), nil, nil, nil)
 			if err != nil {
 				return err
 			}
@@ -271,13 +257,9 @@ func newUsersCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Create or replace a user; their keys follow at once",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
 			var out map[string]any
 			body := map[string]any{"team_id": s.team, "role": s.role, "active": s.active}
-			if _, err := cl.do(cmd.Context(), http.MethodPut, "/admin/v1/users/"+url.PathEscape(args[0]), nil, body, &out); err != nil {
+			if _, err := f.call(cmd, http.MethodPut, "/admin/v1/users/"+url.PathEscape(args[0]), nil, body, &out); err != nil {
 				return err
 			}
 			if f.json {
@@ -309,12 +291,8 @@ func newTeamsCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 			if err != nil {
 				return usageError{fmt.Errorf("--active must be true or false")}
 			}
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
 			var out map[string]any
-			if _, err := cl.do(cmd.Context(), http.MethodPut, "/admin/v1/teams/"+url.PathEscape(args[0]), nil, map[string]any{"active": a}, &out); err != nil {
+			if _, err := f.call(cmd, http.MethodPut, "/admin/v1/teams/"+url.PathEscape(args[0]), nil, map[string]any{"active": a}, &out); err != nil {
 				return err
 			}
 			if f.json {
@@ -338,10 +316,6 @@ func newAuditCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 		Short: "Query audit events, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := f.client()
-			if err != nil {
-				return err
-			}
 			v := url.Values{}
 			var again []string // the filters, for the next page's command
 			for _, p := range []struct{ flag, param, val string }{
@@ -369,7 +343,7 @@ func newAuditCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 				Events     []map[string]any `json:"events"`
 				NextCursor *string          `json:"next_cursor"`
 			}
-			if _, err := cl.do(cmd.Context(), http.MethodGet, "/admin/v1/audit", v, nil, &out); err != nil {
+			if _, err := f.call(cmd, http.MethodGet, "/admin/v1/audit", v, nil, &out); err != nil {
 				return err
 			}
 			if f.json {

@@ -100,6 +100,12 @@ func TestCLI_KeyLifecycleAgainstRunningInstance(t *testing.T) {
 	if got := in.cli(t, "keys", "get", created.ID); !strings.Contains(got, "ci-rotating") || !strings.Contains(got, "2030-01-01") {
 		t.Errorf("get after update:\n%s", got)
 	}
+	if cleared := cliJSON[keyView](t, in.cli(t, "keys", "update", created.ID, "--json", "--clear-expiry")); cleared.ExpiresAt != nil || cleared.Name != "ci-rotating" {
+		t.Errorf("update --clear-expiry: %+v", cleared)
+	}
+	if got := in.cli(t, "keys", "update", created.ID, "--expires-at", "2030-01-01T00:00:00Z"); !strings.Contains(got, "2030-01-01") {
+		t.Errorf("update, table:\n%s", got)
+	}
 
 	if out := in.cli(t, "keys", "revoke", created.ID, "--actor", "usr_ops"); out != "revoked "+created.ID+" (replicas confirmed: 1/1)\n" {
 		t.Errorf("revoke output %q", out)
@@ -147,7 +153,7 @@ func TestCLI_KeyLifecycleAgainstRunningInstance(t *testing.T) {
 	for _, e := range events.Events {
 		types[e["type"]]++
 	}
-	if types["key.created"] != 1 || types["key.updated"] != 1 || types["key.revoked"] != 1 || types["api.request"] != 1 {
+	if types["key.created"] != 1 || types["key.updated"] != 3 || types["key.revoked"] != 1 || types["api.request"] != 1 {
 		t.Errorf("audit --key --json: event types %v", types)
 	}
 	// A page that is not the last says how to get the next one, with the
