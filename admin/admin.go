@@ -26,7 +26,7 @@ type Store interface {
 	ListKeys(ctx context.Context, f keystore.KeyFilter) ([]keystore.Key, error)
 	UpdateKey(ctx context.Context, id string, u keystore.KeyUpdate) (keystore.Key, error)
 	RevokeKey(ctx context.Context, id string, at time.Time) (keystore.Key, error)
-	PutUser(ctx context.Context, u keystore.User) (keystore.User, []keystore.Hash, error)
+	PutUser(ctx context.Context, u keystore.User) (keystore.UserChange, error)
 	PutTeam(ctx context.Context, t keystore.Team) (keystore.Team, []keystore.Hash, error)
 	Ping(ctx context.Context) error
 }

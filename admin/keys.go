@@ -96,11 +96,12 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	}
 	// Creating a key upserts its owner; a changed role or team changes the
 	// identity of the owner's other keys, and is recorded as PutUser's
-	// change would be: a move makes the old team's keys stop working.
+	// change would be: a move revokes the old team's keys.
 	h.evict(ctx, w, k.EvictHashes)
 	if k.OwnerChanged {
 		h.record(r, http.StatusCreated, audit.Event{Type: audit.TypeUserUpdated, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	}
+	h.recordMoveRevocations(r, http.StatusCreated, k.RevokedByMove)
 	h.metrics.keysCreated.Inc()
 	h.record(r, http.StatusCreated, audit.Event{Type: audit.TypeKeyCreated, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID, Role: k.Role})
 	w.Header().Set("Location", "/admin/v1/keys/"+k.ID)

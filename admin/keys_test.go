@@ -284,11 +284,12 @@ func TestCreateKey_RoleChangeEvictsOwnersOtherKeys(t *testing.T) {
 func TestCreateKey_OwnerChangeIsAudited(t *testing.T) {
 	for _, tt := range []struct {
 		name, team, role string
-		wantUserUpdated  bool
+		want             []string
 	}{
-		{"same team and role", "t1", "admin", false},
-		{"another role", "t1", "owner", true},
-		{"another team", "t2", "admin", true},
+		{"same team and role", "t1", "admin", []string{audit.TypeKeyCreated}},
+		{"another role", "t1", "owner", []string{audit.TypeUserUpdated, audit.TypeKeyCreated}},
+		// The move revokes the key made in t1.
+		{"another team", "t2", "admin", []string{audit.TypeUserUpdated, audit.TypeKeyRevoked, audit.TypeKeyCreated}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -302,12 +303,8 @@ func TestCreateKey_OwnerChangeIsAudited(t *testing.T) {
 					t.Errorf("user.updated = %+v, want u1 in %s as %s and no key id", ev, tt.team, tt.role)
 				}
 			}
-			want := []string{audit.TypeKeyCreated}
-			if tt.wantUserUpdated {
-				want = []string{audit.TypeUserUpdated, audit.TypeKeyCreated}
-			}
-			if !slices.Equal(types, want) {
-				t.Fatalf("create %s recorded %v, want %v", k.ID, types, want)
+			if !slices.Equal(types, tt.want) {
+				t.Fatalf("create %s recorded %v, want %v", k.ID, types, tt.want)
 			}
 		})
 	}

@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		keysRevoked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keyproxy_keys_revoked_total",
-			Help: "API keys revoked through the admin API (repeat revocations not counted).",
+			Help: "API keys revoked through the admin API: by DELETE, a leak report or their owner's move to another team (repeat revocations not counted).",
 		}),
 		scanReports: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyproxy_secret_scanning_reports_total",

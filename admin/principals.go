@@ -14,7 +14,15 @@ type userJSON struct {
 	Role      string    `json:"role"`
 	Active    bool      `json:"active"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// RevokedKeyIDs are the keys this change revoked by moving the user to
+	// another team; absent when it revoked none.
+	RevokedKeyIDs []string `json:"revoked_key_ids,omitempty"`
 }
+
+// OutcomeOwnerMoved is the outcome of a key.revoked event for a key that
+// ended because its owner moved to another team (a PUT of the user, or a
+// create that named another team): a key never follows its owner.
+const OutcomeOwnerMoved = "owner_moved"
 
 type teamJSON struct {
 	ID        string    `json:"id"`
@@ -46,14 +54,31 @@ func (h *Handler) putUser(w http.ResponseWriter, r *http.Request) {
 	exchangeOf(r).subject = audit.Event{UserID: userID, TeamID: req.TeamID, Role: req.Role}
 	ctx, cancel := detached(r)
 	defer cancel()
-	u, hashes, err := h.store.PutUser(ctx, keystore.User{ID: userID, TeamID: req.TeamID, Role: req.Role, Active: req.Active, UpdatedAt: h.now().UTC()})
+	c, err := h.store.PutUser(ctx, keystore.User{ID: userID, TeamID: req.TeamID, Role: req.Role, Active: req.Active, UpdatedAt: h.now().UTC()})
 	if err != nil {
 		fail(w, r, err)
 		return
 	}
-	h.evict(ctx, w, hashes)
+	h.evict(ctx, w, c.Evict)
+	u := c.User
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeUserUpdated, UserID: u.ID, TeamID: u.TeamID, Role: u.Role})
-	writeJSON(w, r, http.StatusOK, userJSON{ID: u.ID, TeamID: u.TeamID, Role: u.Role, Active: u.Active, UpdatedAt: u.UpdatedAt.UTC()})
+	out := userJSON{ID: u.ID, TeamID: u.TeamID, Role: u.Role, Active: u.Active, UpdatedAt: u.UpdatedAt.UTC()}
+	for _, k := range h.recordMoveRevocations(r, http.StatusOK, c.Revoked) {
+		out.RevokedKeyIDs = append(out.RevokedKeyIDs, k.ID)
+	}
+	writeJSON(w, r, http.StatusOK, out)
+}
+
+// recordMoveRevocations records a key.revoked event, in the key's own team,
+// for each key that a move of its owner revoked, and counts them; it
+// returns keys.
+func (h *Handler) recordMoveRevocations(r *http.Request, status int, keys []keystore.Key) []keystore.Key {
+	for _, k := range keys {
+		h.metrics.keysRevoked.Inc()
+		h.record(r, status, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID,
+			Role: k.Role, Outcome: OutcomeOwnerMoved})
+	}
+	return keys
 }
 
 // putTeam sets a team's subscription state; its keys follow at once.

@@ -74,11 +74,11 @@ func TestCluster_UserAndTeamChangesReachOtherReplicas(t *testing.T) {
 		want   func(keystore.Identity) bool
 	}{
 		{"demote", func() []keystore.Hash {
-			_, hs, err := store.PutUser(ctx, keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true})
+			c, err := store.PutUser(ctx, keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true})
 			if err != nil {
 				t.Fatal(err)
 			}
-			return hs
+			return c.Evict
 		}, func(id keystore.Identity) bool { return id.Role == "member" }},
 		{"deactivate team", func() []keystore.Hash {
 			_, hs, err := store.PutTeam(ctx, keystore.Team{ID: "team_a", Active: false})

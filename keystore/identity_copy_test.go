@@ -219,7 +219,7 @@ func checkCopiesFollow(t *testing.T, s keystore.Store, joined joinedFunc) {
 			}
 			keys = append(keys, k)
 		case op == 1:
-			_, _, err = s.PutUser(ctx, keystore.User{ID: pick(users), TeamID: pick(teams), Role: pick(roles), Active: rng.IntN(3) > 0})
+			_, err = s.PutUser(ctx, keystore.User{ID: pick(users), TeamID: pick(teams), Role: pick(roles), Active: rng.IntN(3) > 0})
 		case op == 2:
 			_, _, err = s.PutTeam(ctx, keystore.Team{ID: pick(teams), Active: rng.IntN(3) > 0})
 		default:
@@ -246,7 +246,7 @@ func checkCopiesFollow(t *testing.T, s keystore.Store, joined joinedFunc) {
 func TestPostgres_KeyCopyWaitsForAConcurrentOwnerChange(t *testing.T) {
 	ctx := testserver.Context(t)
 	s := openPostgres(t, pgSchema(t, testserver.NewPostgresDB(t)))
-	if _, _, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "admin", Active: true}); err != nil {
+	if _, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "admin", Active: true}); err != nil {
 		t.Fatal(err)
 	}
 	tx, err := s.Pool().Begin(ctx)
@@ -261,7 +261,7 @@ func TestPostgres_KeyCopyWaitsForAConcurrentOwnerChange(t *testing.T) {
 	}
 	changed := make(chan error, 1)
 	go func() {
-		_, _, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "member", Active: false})
+		_, err := s.PutUser(ctx, keystore.User{ID: "usr_1", TeamID: "team_a", Role: "member", Active: false})
 		changed <- err
 	}()
 	// Let the change run as far as it can: to its end, or to a wait for

@@ -32,6 +32,7 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	k.ExpiresAt = pgTimePtr(k.ExpiresAt)
 	var (
 		evict   []Hash
+		revoked []Key
 		changed bool
 	)
 	err := p.inTx(ctx, "create key", func(tx pgx.Tx) error {
@@ -49,7 +50,7 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 			return ErrTeamInactive
 		}
 		var err error
-		if changed, evict, err = pgUpsertKeyOwner(ctx, tx, k, now); err != nil {
+		if changed, evict, revoked, err = pgUpsertKeyOwner(ctx, tx, k, now); err != nil {
 			return err
 		}
 		var active int
@@ -75,17 +76,19 @@ func (p *Postgres) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	return Key{
 		ID: k.ID, Hash: k.Hash, Start: k.Start, Name: k.Name, UserID: k.UserID, TeamID: k.TeamID,
 		Role: k.Role, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, EvictHashes: evict, OwnerChanged: changed,
+		RevokedByMove: revoked,
 	}, nil
 }
 
 // pgUpsertKeyOwner creates the user (active) or moves it to the key's team
 // and role. When an existing user changes, it says so and returns the
-// hashes of the user's other unrevoked keys, whose identities just changed.
-func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, err error) {
+// hashes of the user's other unrevoked keys, whose identities just changed,
+// and the keys a move revoked.
+func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, revoked []Key, err error) {
 	tag, err := tx.Exec(ctx, `INSERT INTO users (id, team_id, role, active, updated_at)
 		VALUES ($1, $2, $3, true, $4) ON CONFLICT (id) DO NOTHING`, k.UserID, k.TeamID, k.Role, now)
 	if err != nil || tag.RowsAffected() == 1 {
-		return false, nil, err
+		return false, nil, nil, err
 	}
 	var (
 		team, role string
@@ -93,20 +96,42 @@ func pgUpsertKeyOwner(ctx context.Context, tx pgx.Tx, k NewKey, now time.Time) (
 	)
 	if err := tx.QueryRow(ctx, `SELECT team_id, role, active FROM users WHERE id = $1 FOR NO KEY UPDATE`,
 		k.UserID).Scan(&team, &role, &active); err != nil {
-		return false, nil, err
+		return false, nil, nil, err
 	}
 	if !active {
-		return false, nil, ErrUserInactive
+		return false, nil, nil, ErrUserInactive
 	}
 	if team == k.TeamID && role == k.Role {
-		return false, nil, nil
+		return false, nil, nil, nil
 	}
 	if _, err := tx.Exec(ctx, `UPDATE users SET team_id = $1, role = $2, updated_at = $3 WHERE id = $4`,
 		k.TeamID, k.Role, now, k.UserID); err != nil {
-		return false, nil, err
+		return false, nil, nil, err
 	}
-	evict, err = pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, k.UserID)
-	return true, evict, err
+	if evict, err = pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, k.UserID); err != nil {
+		return false, nil, nil, err
+	}
+	revoked, err = pgRevokeOwnerKeys(ctx, tx, k.UserID, k.TeamID, team != k.TeamID, now)
+	return true, evict, revoked, err
+}
+
+// pgRevokeOwnerKeys revokes, at at, the user's unrevoked keys made in a
+// team other than team (keys a move before this rule left behind), or all
+// of them when moved, and returns them, newest first.
+func pgRevokeOwnerKeys(ctx context.Context, tx pgx.Tx, userID, team string, moved bool, at time.Time) ([]Key, error) {
+	rows, err := tx.Query(ctx, `WITH k AS (
+			UPDATE keys SET revoked_at = $4
+			WHERE user_id = $1 AND revoked_at IS NULL AND (team_id <> $2 OR $3) RETURNING *)
+		SELECT `+pgKeyColumns+` FROM k JOIN users u ON u.id = k.user_id
+		ORDER BY k.created_at DESC, k.id DESC`, userID, team, moved, pgTime(at))
+	if err != nil {
+		return nil, err
+	}
+	keys, err := pgx.CollectRows(rows, pgScanKey)
+	if len(keys) == 0 {
+		return nil, err
+	}
+	return keys, err
 }
 
 // GetKey returns one key, ErrNotFound if the id is unknown.
@@ -227,15 +252,21 @@ func (p *Postgres) Resolve(ctx context.Context, h Hash) (Identity, error) {
 }
 
 // PutUser creates or replaces the user (creating its team, active, if the
-// store has never seen it) and returns the hashes of the user's unrevoked
-// keys.
-func (p *Postgres) PutUser(ctx context.Context, u User) (User, []Hash, error) {
+// store has never seen it) and revokes its keys if it moved (UserChange).
+// The user's row is locked first, so a concurrent create for the user
+// waits for the move and its revocations.
+func (p *Postgres) PutUser(ctx context.Context, u User) (UserChange, error) {
 	if u.ID == "" || u.TeamID == "" {
-		return User{}, nil, errors.New("keystore: user needs an id and a team id")
+		return UserChange{}, errors.New("keystore: user needs an id and a team id")
 	}
 	u.UpdatedAt = pgNow(u.UpdatedAt)
-	var hashes []Hash
+	change := UserChange{User: u}
 	err := p.inTx(ctx, "put user", func(tx pgx.Tx) error {
+		var old string
+		err := tx.QueryRow(ctx, `SELECT team_id FROM users WHERE id = $1 FOR NO KEY UPDATE`, u.ID).Scan(&old)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO teams (id, active, updated_at) VALUES ($1, true, $2)
 			ON CONFLICT (id) DO NOTHING`, u.TeamID, u.UpdatedAt); err != nil {
 			return err
@@ -247,14 +278,18 @@ func (p *Postgres) PutUser(ctx context.Context, u User) (User, []Hash, error) {
 			u.ID, u.TeamID, u.Role, u.Active, u.UpdatedAt); err != nil {
 			return err
 		}
-		var err error
-		hashes, err = pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, u.ID)
+		if change.Evict, err = pgHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = $1 AND revoked_at IS NULL`, u.ID); err != nil {
+			return err
+		}
+		// A user created by a concurrent create after the lock found no
+		// row has only keys of that create's team: "team_id <> $2" ends them.
+		change.Revoked, err = pgRevokeOwnerKeys(ctx, tx, u.ID, u.TeamID, old != "" && old != u.TeamID, u.UpdatedAt)
 		return err
 	})
 	if err != nil {
-		return User{}, nil, err
+		return UserChange{}, err
 	}
-	return u, hashes, nil
+	return change, nil
 }
 
 // PutTeam creates or replaces the team and returns the hashes of its

@@ -184,14 +184,19 @@ func (s *SQLite) Close() error {
 }
 
 // PutUser creates or replaces the user (creating its team, active, if the
-// store has never seen it) and returns the hashes of the user's unrevoked keys.
-func (s *SQLite) PutUser(ctx context.Context, u User) (User, []Hash, error) {
+// store has never seen it) and revokes its keys if it moved (UserChange).
+func (s *SQLite) PutUser(ctx context.Context, u User) (UserChange, error) {
 	if u.ID == "" || u.TeamID == "" {
-		return User{}, nil, errors.New("keystore: user needs an id and a team id")
+		return UserChange{}, errors.New("keystore: user needs an id and a team id")
 	}
 	u.UpdatedAt = stamp(u.UpdatedAt)
-	var hashes []Hash
+	change := UserChange{User: u}
 	err := s.inTx(ctx, "put user", func(tx *sql.Tx) error {
+		var old string
+		err := tx.QueryRowContext(ctx, `SELECT team_id FROM users WHERE id = ?`, u.ID).Scan(&old)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		if err := ensureTeam(ctx, tx, u.TeamID, u.UpdatedAt); err != nil {
 			return err
 		}
@@ -202,14 +207,16 @@ func (s *SQLite) PutUser(ctx context.Context, u User) (User, []Hash, error) {
 			u.ID, u.TeamID, u.Role, u.Active, nanos(u.UpdatedAt)); err != nil {
 			return err
 		}
-		var err error
-		hashes, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, u.ID)
+		if change.Evict, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, u.ID); err != nil {
+			return err
+		}
+		change.Revoked, err = revokeOwnerKeys(ctx, tx, u.ID, u.TeamID, old != "" && old != u.TeamID, u.UpdatedAt)
 		return err
 	})
 	if err != nil {
-		return User{}, nil, err
+		return UserChange{}, err
 	}
-	return u, hashes, nil
+	return change, nil
 }
 
 // PutTeam creates or replaces the team and returns the hashes of its

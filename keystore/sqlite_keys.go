@@ -38,6 +38,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	k.CreatedAt = stamp(k.CreatedAt)
 	var (
 		evict   []Hash
+		revoked []Key
 		changed bool
 	)
 	err := s.inTx(ctx, "create key", func(tx *sql.Tx) error {
@@ -52,7 +53,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 			return ErrTeamInactive
 		}
 		var err error
-		if changed, evict, err = upsertKeyOwner(ctx, tx, k, now); err != nil {
+		if changed, evict, revoked, err = upsertKeyOwner(ctx, tx, k, now); err != nil {
 			return err
 		}
 		var active int
@@ -77,7 +78,7 @@ func (s *SQLite) CreateKey(ctx context.Context, k NewKey) (Key, error) {
 	}
 	key := Key{
 		ID: k.ID, Hash: k.Hash, Start: k.Start, Name: k.Name, UserID: k.UserID, TeamID: k.TeamID,
-		Role: k.Role, CreatedAt: k.CreatedAt, EvictHashes: evict, OwnerChanged: changed,
+		Role: k.Role, CreatedAt: k.CreatedAt, EvictHashes: evict, OwnerChanged: changed, RevokedByMove: revoked,
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()
@@ -103,8 +104,9 @@ func validateNewKey(k NewKey) error {
 
 // upsertKeyOwner creates the user (active) or moves it to the key's team
 // and role. When an existing user changes, it says so and returns the
-// hashes of the user's other unrevoked keys, whose identities just changed.
-func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, err error) {
+// hashes of the user's other unrevoked keys, whose identities just changed,
+// and the keys a move revoked.
+func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (changed bool, evict []Hash, revoked []Key, err error) {
 	var (
 		team, role string
 		active     bool
@@ -114,20 +116,51 @@ func upsertKeyOwner(ctx context.Context, tx *sql.Tx, k NewKey, now time.Time) (c
 	case errors.Is(err, sql.ErrNoRows):
 		_, err = tx.ExecContext(ctx, `INSERT INTO users (id, team_id, role, active, updated_at) VALUES (?, ?, ?, 1, ?)`,
 			k.UserID, k.TeamID, k.Role, nanos(now))
-		return false, nil, err
+		return false, nil, nil, err
 	case err != nil:
-		return false, nil, err
+		return false, nil, nil, err
 	case !active:
-		return false, nil, ErrUserInactive
+		return false, nil, nil, ErrUserInactive
 	case team == k.TeamID && role == k.Role:
-		return false, nil, nil
+		return false, nil, nil, nil
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE users SET team_id = ?, role = ?, updated_at = ? WHERE id = ?`,
 		k.TeamID, k.Role, nanos(now), k.UserID); err != nil {
-		return false, nil, err
+		return false, nil, nil, err
 	}
-	evict, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, k.UserID)
-	return true, evict, err
+	if evict, err = queryHashes(ctx, tx, `SELECT hash FROM keys WHERE user_id = ? AND revoked_at IS NULL`, k.UserID); err != nil {
+		return false, nil, nil, err
+	}
+	revoked, err = revokeOwnerKeys(ctx, tx, k.UserID, k.TeamID, team != k.TeamID, now)
+	return true, evict, revoked, err
+}
+
+// revokeOwnerKeys revokes, at at, the user's unrevoked keys made in a team
+// other than team (keys a move before this rule left behind), or all of
+// them when moved, and returns them, newest first.
+func revokeOwnerKeys(ctx context.Context, tx *sql.Tx, userID, team string, moved bool, at time.Time) ([]Key, error) {
+	const which = ` WHERE user_id = ? AND revoked_at IS NULL AND (team_id <> ? OR ?)`
+	rows, err := tx.QueryContext(ctx, sqliteKeySelect+` WHERE k.id IN (SELECT id FROM keys`+which+`)
+		ORDER BY k.created_at DESC, k.id DESC`, userID, team, moved)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var keys []Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		t := at.UTC()
+		k.RevokedAt = &t
+		keys = append(keys, k)
+	}
+	if err := rows.Err(); err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE keys SET revoked_at = ?`+which, nanos(at), userID, team, moved)
+	return keys, err
 }
 
 // GetKey returns one key, ErrNotFound if the id is unknown.

@@ -59,6 +59,23 @@ type Key struct {
 	// existing owner's team or role (the admin API records user.updated
 	// for it, as PutUser's change would be).
 	OwnerChanged bool
+	// RevokedByMove is set only by CreateKey: the owner's keys this create
+	// revoked by moving the owner to another team (UserChange.Revoked).
+	RevokedByMove []Key
+}
+
+// UserChange is what PutUser did.
+type UserChange struct {
+	User User
+	// Evict holds the hashes of every key the user had unrevoked before the
+	// change: their cached identities are stale (revoked keys are refused
+	// whatever a cache says).
+	Evict []Hash
+	// Revoked holds the keys the change revoked. A key never follows its
+	// owner: a move to another team revokes every unrevoked key the user
+	// has, so that the old team's keys stay dead if the user comes back and
+	// no longer hold its active-key places.
+	Revoked []Key
 }
 
 // NewKey is what CreateKey stores. The caller generates ID and Hash.
@@ -103,7 +120,9 @@ type Identity struct {
 	UserActive bool
 	TeamActive bool
 	// SameTeam is false when the owner moved to another team after the key
-	// was made: such a key never follows its owner.
+	// was made: such a key never follows its owner. A move revokes the
+	// owner's keys (PutUser), so only a key an earlier release left behind
+	// a move is refused for this alone.
 	SameTeam  bool
 	Revoked   bool
 	ExpiresAt time.Time // zero: never
@@ -154,9 +173,11 @@ type Store interface {
 	// CreateKey upserts the user (team, role; true for a new one; an
 	// existing deactivated user is refused and left as it is) and the team
 	// (active if new), then inserts the key, in one transaction that
-	// enforces MaxActivePerTeam. Errors: ErrTeamInactive, ErrUserInactive,
-	// ErrKeyLimitReached, ErrConflict (id or hash).
-	// A zero CreatedAt means now. The returned key carries EvictHashes.
+	// enforces MaxActivePerTeam. A create that moves its owner to another
+	// team revokes the owner's other keys, as PutUser does. Errors:
+	// ErrTeamInactive, ErrUserInactive, ErrKeyLimitReached, ErrConflict
+	// (id or hash). A zero CreatedAt means now. The returned key carries
+	// EvictHashes and RevokedByMove.
 	CreateKey(ctx context.Context, k NewKey) (Key, error)
 	// GetKey returns one key, ErrNotFound if the id is unknown.
 	GetKey(ctx context.Context, id string) (Key, error)
@@ -167,11 +188,11 @@ type Store interface {
 	// RevokeKey sets revoked_at once; revoking again returns the key as is.
 	// ErrNotFound if the id is unknown; a zero at means now.
 	RevokeKey(ctx context.Context, id string, at time.Time) (Key, error)
-	// PutUser creates or replaces a user and returns it with the hashes of
-	// every unrevoked key it owns, so caches can evict them (revoked keys are
-	// refused whatever a cache says). A team the store has not seen is
-	// created active. A zero UpdatedAt means now.
-	PutUser(ctx context.Context, u User) (User, []Hash, error)
+	// PutUser creates or replaces a user, in one transaction with the
+	// revocation of its keys when it moves to another team (UserChange). A
+	// team the store has not seen is created active. A zero UpdatedAt
+	// means now, and is the revocation time.
+	PutUser(ctx context.Context, u User) (UserChange, error)
 	// PutTeam creates or replaces a team and returns the hashes of its
 	// unrevoked keys. A zero UpdatedAt means now.
 	PutTeam(ctx context.Context, t Team) (Team, []Hash, error)

@@ -287,8 +287,11 @@ func newEnv(t *testing.T, opts ...option) *env {
 }
 
 // keySpec says what has happened to a key or its owner since it was made.
+// ownerMoved moves the owner through the store, which revokes the key;
+// ownerLeft moves it as an earlier release did, leaving the key unrevoked
+// in its team (refused as owner_moved).
 type keySpec struct {
-	revoked, expired, ownerInactive, ownerMoved, teamInactive bool
+	revoked, expired, ownerInactive, ownerMoved, ownerLeft, teamInactive bool
 }
 
 // newKey creates a key in the store, brings it into the state spec names,
@@ -328,7 +331,16 @@ func (e *env) newKey(t *testing.T, spec keySpec) (string, keystore.Identity) {
 		if spec.ownerMoved {
 			u.TeamID = nk.TeamID + "_elsewhere"
 		}
-		if _, _, err := e.store.PutUser(ctx, u); err != nil {
+		if _, err := e.store.PutUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if spec.ownerLeft {
+		elsewhere := nk.TeamID + "_elsewhere"
+		if _, _, err := e.store.PutTeam(ctx, keystore.Team{ID: elsewhere, Active: true}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.store.DB().ExecContext(ctx, `UPDATE users SET team_id = ? WHERE id = ?`, elsewhere, nk.UserID); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -54,6 +54,8 @@ func TestAuditEvents(t *testing.T) {
 		// had the key.
 		{name: "moved owner's key is named in its own team", key: spec(keySpec{ownerMoved: true}),
 			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
+		{name: "key an earlier release left behind a move is named in its own team", key: spec(keySpec{ownerLeft: true}),
+			typ: audit.TypeAuthFailed, outcome: audit.OutcomeInvalidKey, status: 401, start: true, ids: true},
 		{name: "junk key has no display start",
 			key: func(*testing.T, *env) (string, keystore.Identity) {
 				return "wev_!!!!" + strings.Repeat("x", 40), keystore.Identity{}
@@ -178,20 +180,20 @@ keyproxy_http_requests_in_flight 0
 func TestMetrics_RefusedKeysByReason(t *testing.T) {
 	e := newEnv(t)
 	unknown, _ := e.format.Generate()
-	for _, spec := range []keySpec{{revoked: true}, {expired: true}, {ownerInactive: true}, {ownerMoved: true}, {ownerMoved: true}, {teamInactive: true}} {
+	for _, spec := range []keySpec{{revoked: true}, {expired: true}, {ownerInactive: true}, {ownerMoved: true}, {ownerLeft: true}, {ownerLeft: true}, {teamInactive: true}} {
 		key, _ := e.newKey(t, spec)
 		e.do(t, "GET", "/", [][2]string{bearer(key)})
 	}
 	e.do(t, "GET", "/", [][2]string{bearer(unknown)})
 	e.do(t, "GET", "/", [][2]string{bearer("wev_junk")})
-	e.rec.wait(t, 8)
+	e.rec.wait(t, 9)
 	want := `
 # HELP keyproxy_auth_refused_keys_total Requests refused with a key the store knows, by reason (revoked, expired, owner_inactive, owner_moved); unknown and malformed keys are the rest of outcome invalid_key.
 # TYPE keyproxy_auth_refused_keys_total counter
 keyproxy_auth_refused_keys_total{reason="expired"} 1
 keyproxy_auth_refused_keys_total{reason="owner_inactive"} 1
 keyproxy_auth_refused_keys_total{reason="owner_moved"} 2
-keyproxy_auth_refused_keys_total{reason="revoked"} 1
+keyproxy_auth_refused_keys_total{reason="revoked"} 2
 `
 	if err := testutil.GatherAndCompare(e.reg, strings.NewReader(want), "keyproxy_auth_refused_keys_total"); err != nil {
 		t.Error(err)

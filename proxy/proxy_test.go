@@ -116,6 +116,8 @@ func TestDataPlaneOutcomes(t *testing.T) {
 			prepare: withSpec(keySpec{ownerInactive: true})},
 		{name: "owner moved to another team", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid, resolverCalled: true,
 			prepare: withSpec(keySpec{ownerMoved: true})},
+		{name: "owner moved by an earlier release, key left unrevoked", status: 401, code: proxy.CodeInvalidAPIKey, wwwAuth: wwwAuthInvalid,
+			resolverCalled: true, prepare: withSpec(keySpec{ownerLeft: true})},
 		{name: "team inactive", status: 403, code: proxy.CodeSubscriptionInactive, resolverCalled: true,
 			prepare: withSpec(keySpec{teamInactive: true})},
 		{name: "store unavailable", status: 503, code: proxy.CodeAuthUnavailable, retryAfter: "1", resolverCalled: true,
@@ -197,17 +199,18 @@ func TestRefusedKeysAnswerIdentically(t *testing.T) {
 		return key
 	}
 	cases := map[string][][2]string{
-		"unknown":       {bearer(unknown)},
-		"malformed":     {bearer("wev_nope")},
-		"bad checksum":  {bearer(flipLast(e.validKey))},
-		"revoked":       {bearer(mk(keySpec{revoked: true}))},
-		"expired":       {bearer(mk(keySpec{expired: true}))},
-		"deactivated":   {bearer(mk(keySpec{ownerInactive: true}))},
-		"moved team":    {bearer(mk(keySpec{ownerMoved: true}))},
-		"two lines":     {bearer(e.validKey), bearer(unknown)},
-		"over 1 KiB":    {bearer(strings.Repeat("x", 2000))},
-		"two tokens":    {bearer("a b")},
-		"foreign shape": {bearer("sk_live_0123456789")},
+		"unknown":        {bearer(unknown)},
+		"malformed":      {bearer("wev_nope")},
+		"bad checksum":   {bearer(flipLast(e.validKey))},
+		"revoked":        {bearer(mk(keySpec{revoked: true}))},
+		"expired":        {bearer(mk(keySpec{expired: true}))},
+		"deactivated":    {bearer(mk(keySpec{ownerInactive: true}))},
+		"moved team":     {bearer(mk(keySpec{ownerMoved: true}))},
+		"left by a move": {bearer(mk(keySpec{ownerLeft: true}))},
+		"two lines":      {bearer(e.validKey), bearer(unknown)},
+		"over 1 KiB":     {bearer(strings.Repeat("x", 2000))},
+		"two tokens":     {bearer("a b")},
+		"foreign shape":  {bearer("sk_live_0123456789")},
 	}
 	var wantBody string
 	var wantHeader http.Header

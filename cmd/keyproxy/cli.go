@@ -266,6 +266,13 @@ func newUsersCmd(f *clientFlags, stdout io.Writer) *cobra.Command {
 				return printJSON(stdout, out)
 			}
 			fmt.Fprintf(stdout, "user %s: team %v, role %v, active %v\n", args[0], out["team_id"], out["role"], out["active"])
+			if ids, _ := out["revoked_key_ids"].([]any); len(ids) > 0 {
+				names := make([]string, len(ids))
+				for i, id := range ids {
+					names[i] = fmt.Sprint(id)
+				}
+				fmt.Fprintf(stdout, "revoked, as the user left the team: %s\n", strings.Join(names, " "))
+			}
 			return nil
 		},
 	}

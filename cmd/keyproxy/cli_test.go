@@ -168,6 +168,17 @@ func TestCLI_KeyLifecycleAgainstRunningInstance(t *testing.T) {
 			t.Error("a full key reached the audit trail or the log")
 		}
 	}
+
+	// Moving the user to another team revokes the key left in team_cli,
+	// and the command says which.
+	kept := cliJSON[struct{ Keys []keyView }](t, in.cli(t, "keys", "list", "--team", "team_cli", "--json")).Keys
+	if len(kept) != 1 {
+		t.Fatalf("team_cli lists %d active keys, want the first", len(kept))
+	}
+	out = in.cli(t, "users", "set", "usr_cli", "--team", "team_elsewhere", "--role", "member")
+	if want := "user usr_cli: team team_elsewhere, role member, active true\nrevoked, as the user left the team: " + kept[0].ID + "\n"; out != want {
+		t.Errorf("users set, moving the user: %q, want %q", out, want)
+	}
 }
 
 func TestCLI_FailuresExitWithTheProblemCode(t *testing.T) {

@@ -147,7 +147,7 @@ func TestMetrics_GoldenAfterKnownTraffic(t *testing.T) {
 # HELP keyproxy_keys_created_total API keys created through the admin API.
 # TYPE keyproxy_keys_created_total counter
 keyproxy_keys_created_total 1
-# HELP keyproxy_keys_revoked_total API keys revoked through the admin API (repeat revocations not counted).
+# HELP keyproxy_keys_revoked_total API keys revoked through the admin API: by DELETE, a leak report or their owner's move to another team (repeat revocations not counted).
 # TYPE keyproxy_keys_revoked_total counter
 keyproxy_keys_revoked_total 1
 # HELP keyproxy_ratelimit_decisions_total Rate-limit decisions by the backend that made them and their result.

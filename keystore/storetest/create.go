@@ -44,7 +44,7 @@ func testCreateNewOwnerActive(t *testing.T, s keystore.Store) {
 // of the team's places: refused, and the user left as it was (not
 // reactivated, not moved, role kept).
 func testCreateDeactivatedUserRefused(t *testing.T, s keystore.Store) {
-	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: false}); err != nil {
+	if _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: false}); err != nil {
 		t.Fatal(err)
 	}
 	for _, team := range []string{"team_a", "team_b"} {
@@ -55,7 +55,7 @@ func testCreateDeactivatedUserRefused(t *testing.T, s keystore.Store) {
 		wantErr(t, err, keystore.ErrNotFound, "GetKey of the refused key")
 	}
 	// Reactivated, the same create succeeds, under the create's role.
-	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true}); err != nil {
+	if _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true}); err != nil {
 		t.Fatal(err)
 	}
 	nk := newKey(t, "team_a", "user_a", "owner")
@@ -200,6 +200,7 @@ func testCreateMovesUser(t *testing.T, s keystore.Store) {
 	}
 	other := create(t, s, newKey(t, "team_a", "user_other", "admin"))
 
+	before := time.Now()
 	moved := create(t, s, newKey(t, "team_b", "user_a", "admin"))
 	if !moved.OwnerChanged {
 		t.Fatal("a create that moved its owner did not report OwnerChanged")
@@ -211,29 +212,106 @@ func testCreateMovesUser(t *testing.T, s keystore.Store) {
 	if !slices.Equal(evict, want) {
 		t.Fatalf("EvictHashes = %v, want the two unrevoked old keys %v", evict, want)
 	}
-	for _, k := range []keystore.Key{old1, old2} {
-		id := resolve(t, s, k.Hash)
-		if id.SameTeam || id.Check(time.Now()) != keystore.StatusInvalid {
-			t.Fatalf("old key after move: %+v, want SameTeam false and invalid", id)
-		}
-		if id.TeamID != "team_a" || id.Role != "admin" {
-			t.Fatalf("old key after move: team %q role %q, want team_a and the current role", id.TeamID, id.Role)
-		}
-	}
+	// The move revoked the old team's keys, newest first; not the one
+	// revoked before, not the new key.
+	checkMoveRevoked(t, s, moved.RevokedByMove, before, old2, old1)
 	if id := resolve(t, s, moved.Hash); !id.SameTeam || id.Check(time.Now()) != keystore.StatusValid {
 		t.Fatalf("new key after move: %+v, want valid", id)
 	}
-	if id := resolve(t, s, other.Hash); !id.SameTeam {
+	if id := resolve(t, s, other.Hash); !id.SameTeam || id.Revoked {
 		t.Fatal("another user's key was affected by the move")
+	}
+	// They no longer hold the old team's places.
+	if n := activeKeys(t, s, "team_a"); n != 1 {
+		t.Fatalf("team_a lists %d active keys after the move, want the other user's 1", n)
 	}
 	// Same team and role again: nothing changes, nothing to evict.
 	again := create(t, s, newKey(t, "team_b", "user_a", "admin"))
-	if len(again.EvictHashes) != 0 || again.OwnerChanged {
-		t.Fatalf("unchanged owner evicts %d hashes, OwnerChanged %v", len(again.EvictHashes), again.OwnerChanged)
+	if len(again.EvictHashes) != 0 || again.OwnerChanged || len(again.RevokedByMove) != 0 {
+		t.Fatalf("unchanged owner evicts %d hashes, revokes %d, OwnerChanged %v", len(again.EvictHashes), len(again.RevokedByMove), again.OwnerChanged)
 	}
-	// A role change alone also makes the other keys stale.
+	// A role change alone makes the other keys stale, and revokes none.
 	promoted := create(t, s, newKey(t, "team_b", "user_a", "super_admin"))
-	if len(promoted.EvictHashes) != 4 || !promoted.OwnerChanged {
-		t.Fatalf("role change evicts %d hashes (OwnerChanged %v), want the user's 4 other unrevoked keys", len(promoted.EvictHashes), promoted.OwnerChanged)
+	if len(promoted.EvictHashes) != 2 || !promoted.OwnerChanged || len(promoted.RevokedByMove) != 0 {
+		t.Fatalf("role change evicts %d hashes (OwnerChanged %v) and revokes %d, want the user's 2 other unrevoked keys and none",
+			len(promoted.EvictHashes), promoted.OwnerChanged, len(promoted.RevokedByMove))
+	}
+	// A create that moves the owner back does not bring the old keys back.
+	back := create(t, s, newKey(t, "team_a", "user_a", "admin"))
+	checkMoveRevoked(t, s, back.RevokedByMove, before, promoted, again, moved)
+	for _, k := range []keystore.Key{old1, old2} {
+		if id := resolve(t, s, k.Hash); !id.Revoked || id.Check(time.Now()) != keystore.StatusInvalid {
+			t.Fatalf("old key after the owner came back: %+v, want revoked", id)
+		}
+	}
+}
+
+// checkMoveRevoked requires that a move revoked exactly want (newest
+// first), at or after before, and that the store reads them revoked.
+func checkMoveRevoked(t *testing.T, s keystore.Store, got []keystore.Key, before time.Time, want ...keystore.Key) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("the move revoked %d keys, want %d", len(got), len(want))
+	}
+	for i, k := range got {
+		if k.ID != want[i].ID || k.Hash != want[i].Hash || k.TeamID != want[i].TeamID || k.UserID != want[i].UserID {
+			t.Fatalf("revoked[%d] = %s (team %s), want %s (team %s)", i, k.ID, k.TeamID, want[i].ID, want[i].TeamID)
+		}
+		if k.RevokedAt == nil || k.RevokedAt.Before(before.Truncate(time.Microsecond)) {
+			t.Fatalf("revoked[%d].RevokedAt = %v, want at or after %v", i, k.RevokedAt, before)
+		}
+		stored := getKey(t, s, k.ID)
+		if stored.RevokedAt == nil || !stored.RevokedAt.Equal(*k.RevokedAt) {
+			t.Fatalf("stored %s revoked at %v, returned %v", k.ID, stored.RevokedAt, k.RevokedAt)
+		}
+		if id := resolve(t, s, k.Hash); !id.Revoked || id.Check(time.Now()) != keystore.StatusInvalid {
+			t.Fatalf("key %s revoked by a move resolves to %+v", k.ID, id)
+		}
+	}
+}
+
+// activeKeys counts the team's unrevoked keys as ListKeys shows them.
+func activeKeys(t *testing.T, s keystore.Store, team string) int {
+	t.Helper()
+	keys, err := s.ListKeys(ctx(t), keystore.KeyFilter{TeamID: team})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(keys)
+}
+
+// A move and a create for the same owner, racing: whichever commits last,
+// no key of the owner is left unrevoked outside the owner's team.
+func testMoveRacesCreate(t *testing.T, s keystore.Store) {
+	teams := [2]string{"team_a", "team_b"}
+	var keys []keystore.Key
+	keys = append(keys, create(t, s, newKey(t, teams[0], "user_a", "owner")))
+	for i := range 20 {
+		to, other := teams[(i+1)%2], teams[i%2]
+		nk := newKey(t, other, "user_a", "owner")
+		var (
+			wg             sync.WaitGroup
+			putErr, keyErr error
+		)
+		start := make(chan struct{})
+		wg.Go(func() {
+			<-start
+			_, putErr = s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: to, Role: "owner", Active: true})
+		})
+		wg.Go(func() {
+			<-start
+			_, keyErr = s.CreateKey(ctx(t), nk)
+		})
+		close(start)
+		wg.Wait()
+		if putErr != nil || keyErr != nil {
+			t.Fatalf("round %d: PutUser: %v; CreateKey: %v", i, putErr, keyErr)
+		}
+		keys = append(keys, getKey(t, s, nk.ID))
+		for _, k := range keys {
+			if id := resolve(t, s, k.Hash); !id.Revoked && !id.SameTeam {
+				t.Fatalf("round %d: key %s of team %s is unrevoked while its owner is in another team", i, k.ID, id.TeamID)
+			}
+		}
 	}
 }

@@ -10,15 +10,15 @@ import (
 
 func testPutUserRole(t *testing.T, s keystore.Store) {
 	k := create(t, s, newKey(t, "team_a", "user_a", "owner"))
-	u, hashes, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true})
+	c, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "member", Active: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.ID != "user_a" || u.Role != "member" || !u.Active || u.UpdatedAt.IsZero() {
+	if u := c.User; u.ID != "user_a" || u.Role != "member" || !u.Active || u.UpdatedAt.IsZero() {
 		t.Fatalf("PutUser returned %+v", u)
 	}
-	if !slices.Equal(hashes, []keystore.Hash{k.Hash}) {
-		t.Fatalf("PutUser hashes = %v, want the user's key", hashes)
+	if !slices.Equal(c.Evict, []keystore.Hash{k.Hash}) || len(c.Revoked) != 0 {
+		t.Fatalf("PutUser evicts %v and revokes %d, want the user's key and none", c.Evict, len(c.Revoked))
 	}
 	if id := resolve(t, s, k.Hash); id.Role != "member" {
 		t.Fatalf("Resolve role = %q after demotion", id.Role)
@@ -38,37 +38,57 @@ func testPutUserDeactivateMove(t *testing.T, s keystore.Store) {
 	if _, err := s.RevokeKey(ctx(t), revoked.ID, now()); err != nil {
 		t.Fatal(err)
 	}
-	_, hashes, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "owner", Active: false})
+	c, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "owner", Active: false})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(hashes, []keystore.Hash{k.Hash}) {
-		t.Fatalf("hashes = %v, want only the unrevoked key", hashes)
+	if !slices.Equal(c.Evict, []keystore.Hash{k.Hash}) || len(c.Revoked) != 0 {
+		t.Fatalf("deactivation evicts %v and revokes %d, want only the unrevoked key and none", c.Evict, len(c.Revoked))
 	}
 	if id := resolve(t, s, k.Hash); id.UserActive || id.Check(time.Now()) != keystore.StatusInvalid {
 		t.Fatalf("deactivated owner's key resolves to %+v", id)
 	}
-	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_b", Role: "owner", Active: true}); err != nil {
-		t.Fatal(err)
-	}
-	if id := resolve(t, s, k.Hash); id.SameTeam || !id.UserActive || id.Check(time.Now()) != keystore.StatusInvalid {
-		t.Fatalf("moved owner's old key resolves to %+v", id)
-	}
-	if _, _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "owner", Active: true}); err != nil {
+	// Reactivated in the same team: the key works again.
+	if _, err := s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "owner", Active: true}); err != nil {
 		t.Fatal(err)
 	}
 	if id := resolve(t, s, k.Hash); id.Check(time.Now()) != keystore.StatusValid {
-		t.Fatalf("key of owner moved back resolves to %+v", id)
+		t.Fatalf("reactivated owner's key resolves to %+v", id)
+	}
+	// Moved, even while deactivated: the key is revoked, for good.
+	at := now()
+	c, err = s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_b", Role: "owner", Active: false, UpdatedAt: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.Evict, []keystore.Hash{k.Hash}) {
+		t.Fatalf("move evicts %v, want the unrevoked key", c.Evict)
+	}
+	checkMoveRevoked(t, s, c.Revoked, at, k)
+	if !c.Revoked[0].RevokedAt.Equal(at) {
+		t.Fatalf("revoked at %v, want the change's time %v", c.Revoked[0].RevokedAt, at)
+	}
+	if n := activeKeys(t, s, "team_a"); n != 0 {
+		t.Fatalf("team_a lists %d active keys after its only owner moved, want 0", n)
+	}
+	if c, err = s.PutUser(ctx(t), keystore.User{ID: "user_a", TeamID: "team_a", Role: "owner", Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Evict) != 0 || len(c.Revoked) != 0 {
+		t.Fatalf("moving back evicts %d and revokes %d, want nothing left to end", len(c.Evict), len(c.Revoked))
+	}
+	if id := resolve(t, s, k.Hash); !id.Revoked || id.Check(time.Now()) != keystore.StatusInvalid {
+		t.Fatalf("key of owner moved back resolves to %+v, want still revoked", id)
 	}
 }
 
 func testPutUserNewTeam(t *testing.T, s keystore.Store) {
-	u, hashes, err := s.PutUser(ctx(t), keystore.User{ID: "user_new", TeamID: "team_new", Role: "admin", Active: true})
+	c, err := s.PutUser(ctx(t), keystore.User{ID: "user_new", TeamID: "team_new", Role: "admin", Active: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(hashes) != 0 || u.TeamID != "team_new" {
-		t.Fatalf("PutUser new = %+v, %v", u, hashes)
+	if len(c.Evict) != 0 || len(c.Revoked) != 0 || c.User.TeamID != "team_new" {
+		t.Fatalf("PutUser new = %+v", c)
 	}
 	k := create(t, s, newKey(t, "team_new", "user_new", "admin"))
 	if id := resolve(t, s, k.Hash); !id.TeamActive || !id.UserActive {
