@@ -109,6 +109,12 @@ type Config struct {
 	} `mapstructure:"log"`
 }
 
+// writeTimeoutMargin is what server.write_timeout keeps beyond
+// upstream.timeout when the operator sets only the latter: a longer wait
+// for the backend must not make every slow answer a cut connection, nor
+// stop start-up over a key the operator never wrote.
+const writeTimeoutMargin = 60 * time.Second
+
 func setDefaults(v *viper.Viper) {
 	setSecurityDefaults(v)
 	v.SetDefault("listen", ":8080")
@@ -216,6 +222,9 @@ func LoadConfig(file string, environ []string) (*Config, error) {
 		problems = append(problems, flattenDecodeError(err)...)
 	}
 	dropUnlistedDefaultRoles(v, &cfg, env)
+	if _, inEnv := env["KEYPROXY_SERVER_WRITE_TIMEOUT"]; !inEnv && !v.InConfig("server.write_timeout") {
+		cfg.Server.WriteTimeout = max(cfg.Server.WriteTimeout, cfg.Upstream.Timeout+writeTimeoutMargin)
+	}
 	sort.Strings(unknownEnv)
 	for _, name := range unknownEnv {
 		problems = append(problems, fmt.Sprintf("%s: unknown environment variable", name))

@@ -309,6 +309,44 @@ func TestLoadConfig_LenientWhereItIsUnambiguous(t *testing.T) {
 	}
 }
 
+// TestLoadConfig_WriteTimeoutFollowsALongerUpstreamTimeout: an operator who
+// lengthens only upstream.timeout gets a write timeout that outlasts it; one
+// who sets both inconsistently is told so.
+func TestLoadConfig_WriteTimeoutFollowsALongerUpstreamTimeout(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		env  []string
+		want time.Duration
+	}{
+		{"defaults", "", nil, 90 * time.Second},
+		{"a shorter upstream timeout keeps the default", "upstream:\n  timeout: 5s\n", nil, 90 * time.Second},
+		{"a longer upstream timeout from the file", "upstream:\n  timeout: 2m\n", nil, 3 * time.Minute},
+		{"a longer upstream timeout from the environment", "", []string{"KEYPROXY_UPSTREAM_TIMEOUT=5m"}, 6 * time.Minute},
+		{"both given", "upstream:\n  timeout: 2m\nserver:\n  write_timeout: 150s\n", nil, 150 * time.Second},
+		{"write timeout from the environment", "", []string{"KEYPROXY_UPSTREAM_TIMEOUT=2m", "KEYPROXY_SERVER_WRITE_TIMEOUT=121s"}, 121 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustLoad(t, tt.yaml, tt.env).Server.WriteTimeout; got != tt.want {
+				t.Errorf("server.write_timeout = %s, want %s", got, tt.want)
+			}
+		})
+	}
+	for name, env := range map[string][]string{
+		"file":        {"KEYPROXY_UPSTREAM_TIMEOUT=2m"},
+		"environment": {"KEYPROXY_UPSTREAM_TIMEOUT=2m", "KEYPROXY_SERVER_WRITE_TIMEOUT=90s"},
+	} {
+		file := ""
+		if name == "file" {
+			file = writeFile(t, "server:\n  write_timeout: 90s\n")
+		}
+		if _, err := LoadConfig(file, env); err == nil || !strings.Contains(err.Error(), "server.write_timeout: must exceed upstream.timeout (2m0s)") {
+			t.Errorf("write timeout given in the %s below upstream.timeout: %v", name, err)
+		}
+	}
+}
+
 func TestLoadConfig_AccessLogFollowsTheAuditLogSink(t *testing.T) {
 	tests := []struct {
 		name string
