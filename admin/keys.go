@@ -263,10 +263,11 @@ func detached(r *http.Request) (context.Context, context.CancelFunc) {
 // confirmed, as DELETE does: a PUT that deactivates a user or a team, or a
 // PATCH that ends a key, is as much a revocation. Nothing to evict, no
 // header.
-func (h *Handler) evict(ctx context.Context, w http.ResponseWriter, hashes []keystore.Hash) {
+func (h *Handler) evict(ctx context.Context, w http.ResponseWriter, hashes []keystore.Hash) (confirmed, replicas int) {
 	if len(hashes) == 0 {
-		return
+		return 0, 0
 	}
-	confirmed, replicas := h.evictor.Evict(ctx, hashes)
+	confirmed, replicas = h.evictor.Evict(ctx, hashes)
 	w.Header().Set("Keyproxy-Revocation-Acks", fmt.Sprintf("%d/%d", confirmed, replicas))
+	return confirmed, replicas
 }

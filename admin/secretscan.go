@@ -219,9 +219,15 @@ func (h *Handler) secretScanningReport(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	verdicts, hashes, err := h.revokeLeaked(ctx, r, tokens)
 	// Evict whatever was revoked, even if a later token failed: those
-	// revocations are committed.
+	// revocations are committed. The answer's header and the log say how
+	// many replicas confirmed, as for a DELETE.
 	if len(hashes) > 0 {
-		h.evictor.Evict(ctx, hashes)
+		confirmed, replicas := h.evict(ctx, w, hashes)
+		log := h.log.Info
+		if confirmed < replicas {
+			log = h.log.Warn // the others stop within cache.ttl
+		}
+		log("leaked API keys evicted", zap.Int("keys", len(hashes)), zap.Int("replicas_confirmed", confirmed), zap.Int("replicas", replicas))
 	}
 	if err != nil {
 		h.metrics.scanReports.WithLabelValues("failed").Inc()

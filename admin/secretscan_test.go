@@ -185,6 +185,13 @@ func TestSecretScanning_RevokesLiveKeysAndLabelsEveryToken(t *testing.T) {
 	if ev := s.evictor.evicted(); len(ev) != 1 || ev[0] != keystore.HashKey(live.Key) {
 		t.Errorf("evicted %v, want the reported key's hash once", ev)
 	}
+	if acks := w.Header().Get("Keyproxy-Revocation-Acks"); acks != "1/1" {
+		t.Errorf("Keyproxy-Revocation-Acks %q, want 1/1 as for a DELETE", acks)
+	}
+	if lines := s.logs.FilterMessage("leaked API keys evicted").All(); len(lines) != 1 ||
+		lines[0].ContextMap()["replicas_confirmed"] != int64(1) || lines[0].ContextMap()["keys"] != int64(1) {
+		t.Errorf("eviction logged as %v, want one line with 1 key and 1 replica confirmed", lines)
+	}
 	if k, _ := s.store.GetKey(context.Background(), other.ID); k.RevokedAt != nil {
 		t.Error("an unreported key was revoked")
 	}
