@@ -87,6 +87,7 @@ type Cluster struct {
 	subscribed     atomic.Bool  // the eviction channel subscription is confirmed
 	everSubscribed atomic.Bool  // registration starts only after the first
 	redisUp        atomic.Bool  // the last heartbeat reached Redis
+	heartbeatSeen  atomic.Bool  // a heartbeat has run: redisUp says something
 	writesRefused  atomic.Bool  // Redis answered the last heartbeat with a refusal
 	knownReplicas  atomic.Int64 // live replicas at the last heartbeat
 

@@ -60,9 +60,13 @@ func (c *Cluster) beat(ctx context.Context) {
 		err = c.rdb.Ping(bctx).Err()
 	}
 	c.writesRefused.Store(err != nil && isRefusal(err))
+	// Each change of state is logged once: a Redis down at start too, and
+	// no "answering again" for one that was never down.
+	wasUp, seen := c.redisUp.Load(), c.heartbeatSeen.Swap(true)
 	if err != nil {
+		c.redisUp.Store(false)
 		switch {
-		case !c.redisUp.Swap(false):
+		case seen && !wasUp:
 		case isRefusal(err):
 			c.log.Warn("redis refuses the heartbeat (out of memory, or read-only): other replicas stop waiting for this one; its evictions and acks still pass", zap.Error(err))
 		default:
@@ -71,7 +75,8 @@ func (c *Cluster) beat(ctx context.Context) {
 		c.metrics.redisUp.Set(0)
 		return
 	}
-	if !c.redisUp.Swap(true) {
+	c.redisUp.Store(true)
+	if seen && !wasUp {
 		c.log.Info("redis answering again")
 	}
 	c.metrics.redisUp.Set(1)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/wevion/keyproxy/internal/testserver"
 	"github.com/wevion/keyproxy/keystore"
@@ -116,6 +117,7 @@ type replicaOpts struct {
 	heartbeat    time.Duration
 	heartbeatTTL time.Duration
 	id           string
+	logger       *zap.Logger
 }
 
 func startReplica(t testing.TB, addr string, store keystore.Backend, o replicaOpts) *replica {
@@ -139,7 +141,7 @@ func startReplica(t testing.TB, addr string, store keystore.Backend, o replicaOp
 	r.local = &recordingLocal{Resolver: r.res}
 	if r.cl, err = keystore.NewCluster(rdb, r.local, r.rc, keystore.ClusterOptions{
 		ReplicaID: o.id, AckTimeout: o.ackTimeout, HeartbeatInterval: o.heartbeat, HeartbeatTTL: o.heartbeatTTL,
-		Registerer: r.reg,
+		Registerer: r.reg, Logger: o.logger,
 	}); err != nil {
 		t.Fatal(err)
 	}

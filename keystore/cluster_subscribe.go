@@ -20,15 +20,26 @@ const silentPings = 2
 // closed after the first attempt, whatever its outcome.
 func (c *Cluster) subscribeLoop(ctx context.Context, first chan struct{}) {
 	backoff := 50 * time.Millisecond
+	// told: the loss is logged; the attempts that fail after it, up to
+	// one a heartbeat interval while Redis is away, are not, until a
+	// subscription is confirmed again (and says so).
+	told := false
 	for ctx.Err() == nil {
 		err := c.session(ctx, first)
-		c.subscribed.Store(false)
+		if c.subscribed.Swap(false) {
+			told = false
+		}
 		c.closeFirst(first)
 		if ctx.Err() != nil {
 			return
 		}
 		c.metrics.subscribed.Set(0)
-		c.log.Warn("eviction subscription lost; resubscribing (the local cache is flushed then)", zap.Error(err))
+		if !told {
+			c.log.Warn("eviction subscription lost; resubscribing (the local cache is flushed then; failed attempts are logged at debug until it is back)", zap.Error(err))
+			told = true
+		} else {
+			c.log.Debug("eviction subscription: resubscribing failed", zap.Error(err))
+		}
 		if !clusterSleep(ctx, backoff) {
 			return
 		}

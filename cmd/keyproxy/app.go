@@ -143,7 +143,7 @@ func build(ctx context.Context, cfg *Config, logger *zap.Logger) (_ *app, err er
 		// go-redis's own messages (pool dial failures) otherwise go to
 		// stderr as plain text, between the JSON lines. Its logger is
 		// the library's one global; the last app built sets it.
-		redis.SetLogger(redisLog{logger.Named("redis")})
+		redis.SetLogger(&redisLog{log: logger.Named("redis")})
 		redisCache, err = keystore.NewRedisCache(a.redis, a.store, keystore.RedisCacheOptions{
 			TTL: cfg.Cache.TTL, Timeout: cfg.Redis.Timeout, Logger: logger.Named("redis-cache"), Registerer: reg,
 		})

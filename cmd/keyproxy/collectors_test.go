@@ -227,12 +227,36 @@ func TestReload_SaysSoWhateverTheNewLevel(t *testing.T) {
 // plain text on stderr.
 func TestRedisLog_GoesThroughTheProcessLogger(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
-	redisLog{zap.New(core)}.Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 5, "connection refused")
+	(&redisLog{log: zap.New(core)}).Printf(context.Background(), "redis: connection pool: failed to dial after %d attempts: %v", 5, "connection refused")
 	entries := logs.FilterMessage("redis client").All()
 	if len(entries) != 1 || entries[0].Level != zapcore.WarnLevel {
 		t.Fatalf("entries %v, want one warn entry", entries)
 	}
 	if got, want := entries[0].ContextMap()["detail"], "redis: connection pool: failed to dial after 5 attempts: connection refused"; got != want {
 		t.Errorf("detail %q, want %q", got, want)
+	}
+}
+
+// TestRedisLog_OneLineEvery30s: while Redis is away go-redis reports a
+// failed dial about every second; the log gets one line every 30 s, saying
+// how many it left out.
+func TestRedisLog_OneLineEvery30s(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	now := time.Unix(1_800_000_000, 0)
+	l := &redisLog{log: zap.New(core), now: func() time.Time { return now }}
+	for range 30 { // one a second: the first is logged
+		l.Printf(context.Background(), "dial %s", "refused")
+		now = now.Add(time.Second)
+	}
+	l.Printf(context.Background(), "dial %s", "refused again")
+	entries := logs.FilterMessage("redis client").All()
+	if len(entries) != 2 {
+		t.Fatalf("%d lines for 31 messages over 30 s, want 2", len(entries))
+	}
+	if _, ok := entries[0].ContextMap()["left_out"]; ok {
+		t.Errorf("the first line says it left some out: %v", entries[0].ContextMap())
+	}
+	if got := entries[1].ContextMap(); got["left_out"] != int64(29) || got["detail"] != "dial refused again" {
+		t.Errorf("second line %v, want 29 left out and the latest detail", got)
 	}
 }

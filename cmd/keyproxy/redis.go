@@ -4,18 +4,49 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 )
 
-// redisLog writes go-redis's own messages to the process log, in its
-// format (JSON by default), at warn: they report connection trouble.
-type redisLog struct{ log *zap.Logger }
+// redisLogEvery bounds go-redis's own messages: while Redis is away its
+// pool reports a failed dial about every second, on every replica.
+const redisLogEvery = 30 * time.Second
 
-func (r redisLog) Printf(_ context.Context, format string, v ...any) {
-	r.log.Warn("redis client", zap.String("detail", fmt.Sprintf(format, v...)))
+// redisLog writes go-redis's own messages to the process log, in its
+// format (JSON by default), at warn: they report connection trouble. It
+// writes one every redisLogEvery at most, with how many it left out
+// before it; the state changes (Redis down, back) are the cluster's and
+// the limiter's own lines.
+type redisLog struct {
+	log        *zap.Logger
+	now        func() time.Time // nil: time.Now
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *redisLog) Printf(_ context.Context, format string, v ...any) {
+	now := time.Now()
+	if r.now != nil {
+		now = r.now()
+	}
+	r.mu.Lock()
+	if !r.last.IsZero() && now.Sub(r.last) < redisLogEvery {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	left := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	fields := []zap.Field{zap.String("detail", fmt.Sprintf(format, v...))}
+	if left > 0 {
+		fields = append(fields, zap.Int("left_out", left))
+	}
+	r.log.Warn("redis client", fields...)
 }
 
 // redisEnabled reports whether any Redis address is configured.
