@@ -103,7 +103,7 @@ func OpenPostgres(ctx context.Context, dsn string, o PostgresOptions) (*Postgres
 		return nil, fmt.Errorf("keystore: opening postgres: %w", err)
 	}
 	p := &Postgres{pool: pool}
-	if err := p.Ping(ctx); err != nil {
+	if err := p.wrap("ping", pool.Ping(ctx)); err != nil { // before the schema exists
 		pool.Close()
 		return nil, fmt.Errorf("keystore: opening postgres %s@%s/%s: %w",
 			cfg.ConnConfig.User, cfg.ConnConfig.Host, cfg.ConnConfig.Database, err)
@@ -126,12 +126,19 @@ func (p *Postgres) DB() *sql.DB {
 	return p.db
 }
 
-// Ping checks that the database answers.
+// Ping checks the database answers the query admission depends on: a
+// lookup of a hash no key has, through the key index (a connection that
+// opens says nothing of a table that cannot be read).
 func (p *Postgres) Ping(ctx context.Context) error {
 	if p.closed.Load() {
 		return p.wrap("ping", errPostgresClosed)
 	}
-	return p.wrap("ping", p.pool.Ping(ctx))
+	rows, err := p.pool.Query(ctx, pgResolveQuery, make([]byte, len(Hash{})))
+	if err != nil {
+		return p.wrap("ping", err)
+	}
+	rows.Close()
+	return p.wrap("ping", rows.Err())
 }
 
 // Close closes the pool, waiting for connections in use to come back;

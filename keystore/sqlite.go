@@ -138,8 +138,25 @@ func (s *SQLite) PageSize(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// Ping checks that the file can be read.
+// Ping checks the store answers the query admission depends on: a
+// lookup of a hash no key has, through the key index. A bare SELECT 1
+// would not read the file at all, so /readyz would stay ok while no key
+// can be verified (the file unreadable, or not a database any more).
 func (s *SQLite) Ping(ctx context.Context) error {
+	if s.resolve == nil { // while opening: the schema may not exist yet
+		return s.ping(ctx)
+	}
+	rows, err := s.resolve.QueryContext(ctx, make([]byte, len(Hash{})))
+	if err != nil {
+		return s.wrap("ping", err)
+	}
+	for rows.Next() {
+	}
+	return s.wrap("ping", errors.Join(rows.Err(), rows.Close()))
+}
+
+// ping checks a connection opens.
+func (s *SQLite) ping(ctx context.Context) error {
 	var one int
 	if err := s.db.QueryRowContext(ctx, `SELECT 1`).Scan(&one); err != nil {
 		return s.wrap("ping", err)
@@ -157,7 +174,7 @@ func (s *SQLite) Ping(ctx context.Context) error {
 func (s *SQLite) pingWhileBusy(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		err := s.Ping(ctx)
+		err := s.ping(ctx)
 		if err == nil || !isBusy(err) || time.Now().After(deadline) {
 			return err
 		}
