@@ -61,7 +61,7 @@ type exchange struct {
 	idBuf         [generatedIDLen]byte // a generated request id's bytes
 	trusted       bool                 // the peer is a trusted proxy
 	authenticated bool                 // hv holds the owner's ids and role
-	limited       bool                 // rl holds a limiter decision
+	limited       bool                 // rl holds a limiter decision, or a peek
 	outcome       outcome
 
 	keyStart     string

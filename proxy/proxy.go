@@ -42,6 +42,13 @@ type Limiter interface {
 	Allow(ctx context.Context, userID, role string) ratelimit.Result
 }
 
+// limitPeeker is a Limiter that can also report a user's budget without
+// spending it (ratelimit's limiters can): a request refused before the
+// limiter for its team's subscription still learns its quota.
+type limitPeeker interface {
+	Peek(ctx context.Context, userID, role string) ratelimit.Result
+}
+
 // Recorder receives one audit event per request. It must not block.
 type Recorder interface {
 	Record(e audit.Event)
@@ -128,6 +135,7 @@ type Handler struct {
 	resolver  Resolver
 	cached    cachedLookup // nil when the resolver has no in-process cache
 	limiter   Limiter
+	peeker    limitPeeker // nil when the limiter cannot peek
 	rlHeaders HeaderWriter
 	throttle  *throttle
 	recorder  Recorder
@@ -207,6 +215,7 @@ func New(cfg Config) (*Handler, error) {
 		m:         m,
 	}
 	h.cached, _ = cfg.Resolver.(cachedLookup) // decided once, not per throttled request
+	h.peeker, _ = cfg.Limiter.(limitPeeker)
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
@@ -330,6 +339,11 @@ func (h *Handler) admit(e *exchange) *preparedProblem {
 	case keystore.StatusValid:
 	case keystore.StatusTeamInactive:
 		e.authenticate(id)
+		// Authenticated, so its answer carries the rate-limit headers too,
+		// read without spending: only admitted requests do.
+		if h.peeker != nil {
+			e.rl, e.limited = h.peeker.Peek(ctx, id.UserID, id.Role), true
+		}
 		return &h.problems.inactive
 	default:
 		// The client learns nothing, but the trail names the key: attempts

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wevion/keyproxy/audit"
+	"github.com/wevion/keyproxy/keystore"
 	"github.com/wevion/keyproxy/proxy"
 	"github.com/wevion/keyproxy/ratelimit"
 )
@@ -211,5 +212,48 @@ func TestWithRealLocalLimiter(t *testing.T) {
 	}
 	if n := len(e.up.requests()); n != 2 {
 		t.Errorf("upstream received %d requests, want the 2 admitted", n)
+	}
+}
+
+// TestInactiveTeamAnswerCarriesTheQuotaAndSpendsNothing: a 403
+// subscription_inactive is an authenticated answer, so it carries the
+// rate-limit headers, read without spending: after the team is active
+// again the user has what they had before.
+func TestInactiveTeamAnswerCarriesTheQuotaAndSpendsNothing(t *testing.T) {
+	lim := ratelimit.NewLocal(ratelimit.Policies{Default: ratelimit.Limit{Requests: 1, Per: time.Hour, Burst: 5}}, ratelimit.LocalOptions{})
+	t.Cleanup(lim.Close)
+	e := newEnv(t, func(c *proxy.Config) { c.Limiter, c.RateLimitHeaders = lim, (*ratelimit.HeaderValues).Write })
+	key, id := e.newKey(t, keySpec{})
+	for range 2 {
+		if res, _ := e.do(t, "GET", "/v1/things", [][2]string{bearer(key)}); res.StatusCode != 200 {
+			t.Fatalf("status %d before the team went inactive", res.StatusCode)
+		}
+	}
+	setTeam := func(active bool) {
+		t.Helper()
+		if _, _, err := e.store.PutTeam(t.Context(), keystore.Team{ID: id.TeamID, Active: active}); err != nil {
+			t.Fatal(err)
+		}
+		e.resolver.Resolver.(*keystore.Resolver).Flush() // as the admin API's eviction would
+	}
+	setTeam(false)
+	for i := range 4 {
+		res, body := e.do(t, "GET", "/v1/things", [][2]string{bearer(key)})
+		checkProblem(t, res, body, 403, proxy.CodeSubscriptionInactive)
+		if got := res.Header.Get("RateLimit-Remaining"); got != "3" {
+			t.Errorf("403 number %d: RateLimit-Remaining %q, want 3 (5 less the 2 admitted)", i+1, got)
+		}
+		if got := res.Header.Get("RateLimit-Policy"); got != `"user";q=1;w=3600` {
+			t.Errorf("403: RateLimit-Policy %q", got)
+		}
+		if res.Header.Get("Retry-After") != "" {
+			t.Error("403 carries Retry-After: it was not refused for its rate")
+		}
+	}
+	setTeam(true)
+	res, _ := e.do(t, "GET", "/v1/things", [][2]string{bearer(key)})
+	if res.StatusCode != 200 || res.Header.Get("RateLimit-Remaining") != "2" {
+		t.Fatalf("after reactivation: %d, RateLimit-Remaining %q, want 200 and 2: the 403s spent nothing",
+			res.StatusCode, res.Header.Get("RateLimit-Remaining"))
 	}
 }

@@ -124,6 +124,20 @@ func (l *Local) allow(userID, role string, owe bool) Result {
 	return res
 }
 
+// Peek reports userID's budget under role without spending from it, as
+// an admitted request's headers would show it (Allowed, no RetryAfter):
+// for the answer to a request refused before the limiter, whose client
+// should still learn its quota. A user this limiter has no bucket for
+// has a full one; none is made.
+func (l *Local) Peek(_ context.Context, userID, role string) Result {
+	pol := l.policies.Load().forRole(role)
+	b, ok := l.buckets.GetIfPresent(userID)
+	if !ok {
+		return Result{Allowed: true, Limit: pol.limit, Remaining: pol.limit.Burst, pol: pol}
+	}
+	return b.peek(pol, l.now)
+}
+
 func (l *Local) bucket(userID string, pol *policy) *bucket {
 	b, ok := l.buckets.GetIfPresent(userID)
 	if !ok {
@@ -217,6 +231,23 @@ func (b *bucket) take(pol *policy, clock func() time.Time, owe bool) Result {
 		res.RetryAfter = max(tokenTime(1-tokens, pol.perSecond), time.Microsecond)
 	}
 	return res
+}
+
+// peek is take's answer without the token, under pol: what the user has
+// spent carries over from the bucket's own policy as rebase would carry it.
+func (b *bucket) peek(pol *policy, clock func() time.Time) Result {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := clock()
+	spent := min(max(float64(b.pol.limit.Burst)-b.lim.TokensAt(now), 0), float64(pol.limit.Burst))
+	tokens := float64(pol.limit.Burst) - spent
+	return Result{
+		Allowed:    true,
+		Limit:      pol.limit,
+		Remaining:  min(max(int(math.Floor(tokens)), 0), pol.limit.Burst),
+		ResetAfter: tokenTime(spent, pol.perSecond),
+		pol:        pol,
+	}
 }
 
 // debt is what a bucket's fallback admissions owe the shared budget.

@@ -283,6 +283,13 @@ func (r *Redis) Allow(ctx context.Context, userID, role string) Result {
 	return res
 }
 
+// Peek reports userID's budget without spending from it or asking Redis:
+// from this replica's copy of the shared bucket, which each decision Redis
+// makes brings to within half a token of it (Local.Peek).
+func (r *Redis) Peek(ctx context.Context, userID, role string) Result {
+	return r.fallback.Peek(ctx, userID, role)
+}
+
 // fromShare admits the request from b's share, if it has one, and starts
 // the share's renewal when it is due. The caller counted the request in
 // b.pending; an admitted one is taken off.
