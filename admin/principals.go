@@ -63,22 +63,21 @@ func (h *Handler) putUser(w http.ResponseWriter, r *http.Request) {
 	u := c.User
 	h.record(r, http.StatusOK, audit.Event{Type: audit.TypeUserUpdated, UserID: u.ID, TeamID: u.TeamID, Role: u.Role})
 	out := userJSON{ID: u.ID, TeamID: u.TeamID, Role: u.Role, Active: u.Active, UpdatedAt: u.UpdatedAt.UTC()}
-	for _, k := range h.recordMoveRevocations(r, http.StatusOK, c.Revoked) {
+	h.recordMoveRevocations(r, http.StatusOK, c.Revoked)
+	for _, k := range c.Revoked {
 		out.RevokedKeyIDs = append(out.RevokedKeyIDs, k.ID)
 	}
 	writeJSON(w, r, http.StatusOK, out)
 }
 
 // recordMoveRevocations records a key.revoked event, in the key's own team,
-// for each key that a move of its owner revoked, and counts them; it
-// returns keys.
-func (h *Handler) recordMoveRevocations(r *http.Request, status int, keys []keystore.Key) []keystore.Key {
+// for each key that a move of its owner revoked, and counts them.
+func (h *Handler) recordMoveRevocations(r *http.Request, status int, keys []keystore.Key) {
 	for _, k := range keys {
 		h.metrics.keysRevoked.Inc()
 		h.record(r, status, audit.Event{Type: audit.TypeKeyRevoked, KeyID: k.ID, UserID: k.UserID, TeamID: k.TeamID,
 			Role: k.Role, Outcome: OutcomeOwnerMoved})
 	}
-	return keys
 }
 
 // putTeam sets a team's subscription state; its keys follow at once.

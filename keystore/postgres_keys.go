@@ -127,11 +127,7 @@ func pgRevokeOwnerKeys(ctx context.Context, tx pgx.Tx, userID, team string, move
 	if err != nil {
 		return nil, err
 	}
-	keys, err := pgx.CollectRows(rows, pgScanKey)
-	if len(keys) == 0 {
-		return nil, err
-	}
-	return keys, err
+	return pgx.CollectRows(rows, pgScanKey)
 }
 
 // GetKey returns one key, ErrNotFound if the id is unknown.

@@ -215,7 +215,10 @@ func New(cfg Config) (*Handler, error) {
 		m:         m,
 	}
 	h.cached, _ = cfg.Resolver.(cachedLookup) // decided once, not per throttled request
-	h.peeker, _ = cfg.Limiter.(limitPeeker)
+	// A peek is only for the headers: without them, none is made.
+	if cfg.RateLimitHeaders != nil {
+		h.peeker, _ = cfg.Limiter.(limitPeeker)
+	}
 	if h.log == nil {
 		h.log = zap.NewNop()
 	}
